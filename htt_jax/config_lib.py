@@ -1,0 +1,135 @@
+"""The base configuration every `configs/*.py` starts from, and its validation.
+
+Values are the reference's training defaults (facts 2.5) and the paper's settings. Config files
+live outside the package (`configs/`), so the shared base lives here where they can import it.
+"""
+
+import ml_collections
+
+# Heads per dataset: (joints, objects, actions). Facts 3.1, 3.2.
+DATASET_HEADS = {
+    "fpha": (21, 26, 45),
+    "h2o": (42, 8, 36),
+}
+KNOWN_DATASETS = ("fpha", "h2o", "synthetic")
+BACKBONE_STRIDE = 32
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 2  # Global clips per step (paper: 2 GPUs x 1 clip).
+  config.num_epochs = 45
+  config.num_train_steps = -1  # -1: num_epochs x steps per epoch of the training data.
+  config.learning_rate = 3e-5
+  config.lr_decay_epochs = 15  # StepLR step size, in epochs.
+  config.lr_decay_factor = 0.5
+  config.adam_b1 = 0.9
+  config.adam_b2 = 0.999
+  config.adam_eps = 1e-8
+  config.dtype = "float32"  # Compute dtype: 'float32' | 'bfloat16'. Parameters stay float32.
+  config.parallelism = "jit"  # 'jit' (mesh) | 'pmap'.
+  config.loss_normalization = "clip"  # 'clip' (paper's 2-GPU run) | 'frame' (single device).
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 1000
+  config.keep_checkpoints = 3
+  config.eval_batch_size = 8
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.pose_loss = "l1"  # 'l1' | 'l2'.
+  config.loss.lambda_hand_2d = 1.0
+  config.loss.lambda_hand_z = 100.0
+  config.loss.lambda_object = 1.0
+  config.loss.lambda_action = 1.0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_frames = 128  # T.
+  config.model.window = 16  # t.
+  config.model.hidden_dim = 512  # d.
+  config.model.num_heads = 8
+  config.model.mlp_dim = 2048
+  config.model.num_layers_pose = 2
+  config.model.num_layers_action = 2
+  config.model.num_joints = 21
+  config.model.num_objects = 26
+  config.model.num_actions = 45
+  config.model.remat = False
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.name = "fpha"
+  config.dataset.data_dir = ""
+  config.dataset.image_size = (270, 480)  # (H, W).
+  config.dataset.spacing = 2
+  config.dataset.host_sharding = "files"  # 'files' | 'batch'.
+  config.dataset.num_parallel_calls = 4
+  config.dataset.prefetch = 2
+
+  config.init = ml_collections.ConfigDict()
+  config.init.resnet_checkpoint = ""  # torchvision ResNet-18 ImageNet state_dict (.pth).
+  config.init.checkpoint = ""  # Orbax checkpoint to start from (e.g. a converted .pth).
+  return config
+
+
+def _choice(config, key, allowed):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if value not in allowed:
+    raise ValueError(f"config.{key}={value!r} is not one of {list(allowed)}")
+
+
+def _positive(config, key):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+    raise ValueError(f"config.{key}={value!r} must be a positive number")
+
+
+def validate_config(config, num_devices: int | None = None) -> None:
+  """Raises ValueError naming the offending key; call before building or compiling anything."""
+  _choice(config, "dataset.name", KNOWN_DATASETS)
+  _choice(config, "dtype", ("float32", "bfloat16"))
+  _choice(config, "parallelism", ("jit", "pmap"))
+  _choice(config, "loss_normalization", ("clip", "frame"))
+  _choice(config, "loss.pose_loss", ("l1", "l2"))
+  _choice(config, "dataset.host_sharding", ("files", "batch"))
+  for key in ("batch_size", "learning_rate", "log_every_steps", "checkpoint_every_steps",
+              "model.num_frames", "model.window", "model.hidden_dim", "model.num_heads",
+              "model.mlp_dim", "model.num_layers_pose", "model.num_layers_action",
+              "model.num_joints", "model.num_objects", "model.num_actions", "dataset.spacing",
+              "eval_batch_size"):
+    _positive(config, key)
+  if config.num_train_steps != -1 and config.num_train_steps <= 0:
+    raise ValueError(f"config.num_train_steps={config.num_train_steps} must be positive, or -1 "
+                     "for num_epochs x steps per epoch")
+
+  m = config.model
+  if m.num_frames % m.window:
+    raise ValueError(f"config.model.num_frames (T={m.num_frames}) must be a multiple of "
+                     f"config.model.window (t={m.window})")
+  if m.hidden_dim % m.num_heads:
+    raise ValueError(f"config.model.hidden_dim={m.hidden_dim} must be divisible by "
+                     f"config.model.num_heads={m.num_heads}")
+  if m.hidden_dim % 2:
+    raise ValueError(f"config.model.hidden_dim={m.hidden_dim} must be even (sine/cosine pairs)")
+
+  size = tuple(config.dataset.image_size)
+  if len(size) != 2 or any(not isinstance(s, int) or s < BACKBONE_STRIDE for s in size):
+    raise ValueError(f"config.dataset.image_size={size} must be (H, W) with both at least "
+                     f"{BACKBONE_STRIDE} px, the ResNet-18 backbone's total stride")
+
+  name = config.dataset.name
+  if name in DATASET_HEADS:
+    expected = DATASET_HEADS[name]
+    got = (m.num_joints, m.num_objects, m.num_actions)
+    if got != expected:
+      raise ValueError(
+          f"config.model.(num_joints, num_objects, num_actions)={got} do not match "
+          f"config.dataset.name={name!r}, which needs {expected}")
+
+  if num_devices is not None:
+    for key in ("batch_size", "eval_batch_size"):
+      if config[key] % num_devices:
+        raise ValueError(f"config.{key}={config[key]} must be divisible by the number of devices "
+                         f"({num_devices})")

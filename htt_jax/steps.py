@@ -1,0 +1,105 @@
+"""Training state, the reference's optimiser and schedule, and the pure train and eval steps.
+
+`train_step(state, batch)` and `eval_step(state, batch)` are plain functions of arrays: the
+training loop compiles them with `jax.jit` over a mesh, or wraps them in `jax.pmap` with an
+`axis_name` (then gradients and metrics are summed over that axis; see `losses`).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.training import train_state
+from jax import lax
+
+from htt_jax import losses as losses_lib
+from htt_jax.models import build_model
+
+# Keys of a batch (numpy or jax arrays): image (B,T,H,W,3) uint8 or normalised float32,
+# intrinsics (B,T,3,3), not_padding (B,T), joints25d (B,T,J,3), joints3d (B,T,J,3), object (B,T),
+# action (B,).
+MODEL_INPUTS = ("image", "intrinsics", "not_padding")
+
+
+class TrainState(train_state.TrainState):
+  """Parameters, Adam state and the BatchNorm statistics (constants: facts 1.1)."""
+  batch_stats: Any = None
+
+
+def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
+  """StepLR stepped once per epoch: lr * factor ** floor(epoch / decay_epochs) (facts 2.6).
+
+  Since epoch = floor(step / steps_per_epoch), this is a staircase decay every
+  decay_epochs * steps_per_epoch optimiser steps.
+  """
+  return optax.exponential_decay(
+      init_value=config.learning_rate,
+      transition_steps=max(1, int(config.lr_decay_epochs * steps_per_epoch)),
+      decay_rate=config.lr_decay_factor,
+      staircase=True)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no clipping: facts 2.5-2.6)."""
+  return optax.adam(learning_rate_schedule(config, steps_per_epoch), b1=config.adam_b1,
+                    b2=config.adam_b2, eps=config.adam_eps)
+
+
+def init_variables(model, rng, config):
+  """Model variables for the config's image size. Parameters never depend on T, so one window of
+  frames suffices; under jit XLA drops the forward pass and only the initialisers run."""
+  height, width = config.dataset.image_size
+  t = config.model.window
+  images = jnp.zeros((1, t, height, width, 3), jnp.uint8)
+  intrinsics = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32), (1, t, 3, 3))
+  return model.init(rng, images, intrinsics, jnp.ones((1, t), jnp.float32))
+
+
+def create_train_state(config, rng, steps_per_epoch: int, variables=None) -> TrainState:
+  """A fresh TrainState; `variables` (e.g. imported weights) replaces the random initialisation."""
+  model = build_model(config)
+  if variables is None:
+    variables = jax.jit(functools.partial(init_variables, model, config=config))(rng)
+  return TrainState.create(apply_fn=model.apply, params=variables["params"],
+                           batch_stats=variables["batch_stats"],
+                           tx=make_optimizer(config, steps_per_epoch))
+
+
+def _forward(state, params, batch, return_attention=False):
+  return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
+                        batch["intrinsics"], batch["not_padding"], return_attention=return_attention)
+
+
+def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_name=None):
+  """One Adam step on the batch; returns (new_state, metrics) with every loss term."""
+
+  def loss_fn(params):
+    outputs = _forward(state, params, batch)
+    terms = losses_lib.losses_from_config(outputs, batch, config, axis_name=axis_name)
+    return terms["loss/total"], terms
+
+  grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    # Each device differentiated its share of the global loss: the sum is the global gradient.
+    grads = lax.psum(grads, axis_name)
+    terms = lax.psum(terms, axis_name)
+  new_state = state.apply_gradients(grads=grads)
+  metrics = dict(terms)
+  metrics["loss"] = terms["loss/total"]
+  if learning_rate_fn is not None:
+    metrics["learning_rate"] = learning_rate_fn(state.step)
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, config=None, return_attention=False, axis_name=None):
+  """Forward pass; with labels in the batch (and a config) also the loss terms."""
+  outputs = _forward(state, state.params, batch, return_attention=return_attention)
+  if config is not None and "joints25d" in batch:
+    terms = losses_lib.losses_from_config(outputs, batch, config, axis_name=axis_name)
+    if axis_name is not None:
+      terms = lax.psum(terms, axis_name)
+    outputs.update(terms)
+  return outputs
