@@ -1,0 +1,139 @@
+"""Prediction on clips: `Predictor` (Python) and the npz format of `scripts/predict.py`.
+
+Input arrays are per frame, N = (number of clips) x T, clip-major:
+  images (N,H,W,3) uint8, or float32 already normalised as x/255 - 0.5; intrinsics (N,3,3) of those
+  images; not_padding (N,); optional labels joints25d (N,J,3), joints3d (N,J,3), object (N,),
+  action (N,) (the clip's label is its first frame's, as in the reference).
+Output: joints2d (N,J,2) px, depth (N,J) m, joints3d (N,J,3) m, object_probs (N,n_o),
+  action_probs (N/T,n_a); with labels also loss/joints2d, loss/depth, loss/joints3d, loss/object,
+  loss/action, loss/total over all the clips.
+"""
+
+import os
+import tempfile
+from typing import Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from htt_jax import checkpointing
+from htt_jax import config_lib
+from htt_jax import losses as losses_lib
+from htt_jax.models import build_model
+
+LABEL_KEYS = ("joints25d", "joints3d", "object", "action")
+OUTPUT_KEYS = ("joints2d", "depth", "joints3d", "object_probs")
+
+
+def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input") -> dict:
+  """Checks the arrays against the config before any compilation; returns them as numpy.
+
+  Errors name `source` (a file name) and the key, and say what was expected.
+  """
+  t_clip = config.model.num_frames
+  height, width = config.dataset.image_size
+  joints = config.model.num_joints
+  for key in ("images", "intrinsics", "not_padding"):
+    if key not in clips:
+      raise ValueError(f"{source}: missing array '{key}' (expected images, intrinsics, "
+                       "not_padding, and optionally joints25d, joints3d, object, action)")
+  out = {key: np.asarray(clips[key]) for key in clips}
+  images = out["images"]
+  n = images.shape[0] if images.ndim else 0
+  if images.ndim != 4 or images.shape[1:] != (height, width, 3):
+    raise ValueError(f"{source}: 'images' has shape {images.shape}, expected (N, {height}, "
+                     f"{width}, 3) for config.dataset.image_size={(height, width)}")
+  if images.dtype == np.uint8:
+    pass
+  elif images.dtype == np.float32:
+    if not np.isfinite(images).all():
+      raise ValueError(f"{source}: 'images' contains NaN or infinite values")
+  else:
+    raise ValueError(f"{source}: 'images' has dtype {images.dtype}, expected uint8 or float32 "
+                     "(normalised as x/255 - 0.5)")
+  if n == 0 or n % t_clip:
+    raise ValueError(f"{source}: N={n} frames is not a positive multiple of "
+                     f"config.model.num_frames (T={t_clip})")
+  expected = {"intrinsics": (n, 3, 3), "not_padding": (n,), "joints25d": (n, joints, 3),
+              "joints3d": (n, joints, 3), "object": (n,), "action": (n,)}
+  for key, shape in expected.items():
+    if key in out:
+      if out[key].shape != shape:
+        raise ValueError(f"{source}: '{key}' has shape {out[key].shape}, expected {shape}")
+      if out[key].dtype.kind == "f" and not np.isfinite(out[key]).all():
+        raise ValueError(f"{source}: '{key}' contains NaN or infinite values")
+  if (np.abs(out["intrinsics"][:, 0, 0]) == 0).any():
+    raise ValueError(f"{source}: 'intrinsics' has frames with fx = 0")
+  present = [key for key in LABEL_KEYS if key in out]
+  if present and len(present) != len(LABEL_KEYS):
+    missing = sorted(set(LABEL_KEYS) - set(present))
+    raise ValueError(f"{source}: labels are all-or-nothing; got {present}, missing {missing}")
+  return out
+
+
+class Predictor:
+  """Runs a trained HTT on clips, `batch_size` clips per compiled call.
+
+  >>> predictor = Predictor.from_checkpoint(config, "runs/fpha/checkpoints")
+  >>> out = predictor.predict({"images": ..., "intrinsics": ..., "not_padding": ...})
+  """
+
+  def __init__(self, config, variables, batch_size: Optional[int] = None):
+    config_lib.validate_config(config)
+    self.config = config
+    self.model = build_model(config)
+    self.variables = jax.tree.map(jnp.asarray, variables)
+    self.batch_size = batch_size or config.eval_batch_size
+    self._forward = jax.jit(lambda v, images, intrinsics, not_padding: self.model.apply(
+        v, images, intrinsics, not_padding))
+
+  @classmethod
+  def from_checkpoint(cls, config, checkpoint_dir: str, step: Optional[int] = None, **kwargs):
+    variables, _ = checkpointing.restore_variables(checkpoint_dir, step)
+    return cls(config, variables, **kwargs)
+
+  def predict(self, clips: Mapping[str, np.ndarray], source: str = "input") -> dict:
+    clips = validate_clips(clips, self.config, source)
+    t_clip = self.config.model.num_frames
+    num_clips = clips["images"].shape[0] // t_clip
+    per_clip = lambda x: x.reshape((num_clips, t_clip) + x.shape[1:])
+    images, intrinsics = per_clip(clips["images"]), per_clip(clips["intrinsics"].astype(np.float32))
+    not_padding = per_clip(clips["not_padding"].astype(np.float32))
+
+    chunks = []
+    for start in range(0, num_clips, self.batch_size):
+      stop = min(start + self.batch_size, num_clips)
+      # Pad the last chunk to a full batch (copies of its last clip) so nothing recompiles.
+      index = np.minimum(np.arange(start, start + self.batch_size), stop - 1)
+      outputs = self._forward(self.variables, images[index], intrinsics[index], not_padding[index])
+      keep = ("raw_pose",) + OUTPUT_KEYS + ("object_logits", "action_logits", "action_probs")
+      chunks.append({k: np.asarray(outputs[k])[:stop - start] for k in keep})
+    outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    flat = lambda x: x.reshape((num_clips * t_clip,) + x.shape[2:])
+    result = {k: flat(outputs[k]) for k in OUTPUT_KEYS}
+    result["action_probs"] = outputs["action_probs"]
+    if "joints25d" in clips:
+      batch = {"not_padding": not_padding, "joints25d": per_clip(clips["joints25d"]),
+               "joints3d": per_clip(clips["joints3d"]),
+               "object": per_clip(clips["object"].astype(np.int32)),
+               "action": per_clip(clips["action"].astype(np.int32))[:, 0]}
+      terms = losses_lib.losses_from_config(outputs, batch, self.config)
+      result.update({k: np.asarray(v) for k, v in terms.items()})
+    return result
+
+
+def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes an .npz under a temporary name in the same folder, then renames it into place."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise

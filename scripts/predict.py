@@ -1,0 +1,46 @@
+"""Runs a trained (or converted) HTT on clips stored in an .npz file.
+
+  python scripts/predict.py --config=configs/fpha.py --checkpoint_dir=runs/fpha/checkpoints \
+      --clips=clips.npz --output=predictions.npz
+
+The input and output keys are described in htt_jax/inference.py and README.
+"""
+
+import zipfile
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+import numpy as np
+
+from htt_jax import inference
+
+config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
+flags.DEFINE_string("checkpoint_dir", None, "Orbax checkpoint directory (training or converted).")
+flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+flags.DEFINE_string("clips", None, "Input .npz (images, intrinsics, not_padding[, labels]).")
+flags.DEFINE_string("output", None, "Output .npz, written atomically.")
+flags.mark_flags_as_required(["config", "checkpoint_dir", "clips", "output"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  try:
+    with np.load(FLAGS.clips, allow_pickle=False) as data:
+      clips = {key: data[key] for key in data.files}
+  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    raise SystemExit(f"cannot read --clips={FLAGS.clips}: {e}")
+  # Check the input before restoring weights or compiling anything.
+  inference.validate_clips(clips, config, source=FLAGS.clips)
+  predictor = inference.Predictor.from_checkpoint(config, FLAGS.checkpoint_dir, FLAGS.step)
+  result = predictor.predict(clips, source=FLAGS.clips)
+  inference.save_npz_atomic(FLAGS.output, result)
+  logging.info("wrote %s: %s", FLAGS.output,
+               ", ".join(f"{k} {v.shape}" for k, v in sorted(result.items())))
+  for key in sorted(k for k in result if k.startswith("loss/")):
+    print(f"{key}: {float(result[key]):.6f}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,54 @@
+"""Shared test fixtures: configs loaded the way scripts load them, and small random batches."""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg=None):
+  """configs/<name>.py's get_config(arg), as config_flags would load it."""
+  spec = importlib.util.spec_from_file_location(f"config_{name}", ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def random_batch(config, batch_size=2, seed=0, valid_frames=None):
+  """A batch with the model's input and label keys; valid_frames[b] frames valid in clip b."""
+  rng = np.random.default_rng(seed)
+  t_clip = config.model.num_frames
+  height, width = config.dataset.image_size
+  joints = config.model.num_joints
+  intrinsics = np.array([[200.0, 0, width / 2 - 3], [0, 201.0, height / 2 + 2], [0, 0, 1]],
+                        np.float32)
+  not_padding = np.ones((batch_size, t_clip), np.float32)
+  if valid_frames is not None:
+    for b, n in enumerate(valid_frames):
+      not_padding[b, n:] = 0
+  joints3d = np.stack([rng.uniform(-0.1, 0.1, (batch_size, t_clip, joints)),
+                       rng.uniform(-0.1, 0.1, (batch_size, t_clip, joints)),
+                       rng.uniform(0.3, 0.6, (batch_size, t_clip, joints))], -1).astype(np.float32)
+  uvw = np.einsum("ij,btkj->btki", intrinsics, joints3d)
+  joints25d = np.concatenate([uvw[..., :2] / uvw[..., 2:], joints3d[..., 2:]], -1)
+  return dict(
+      image=rng.integers(0, 256, (batch_size, t_clip, height, width, 3), dtype=np.uint8),
+      intrinsics=np.broadcast_to(intrinsics, (batch_size, t_clip, 3, 3)).copy(),
+      not_padding=not_padding,
+      joints25d=joints25d.astype(np.float32),
+      joints3d=joints3d,
+      object=rng.integers(0, config.model.num_objects, (batch_size, t_clip)).astype(np.int32),
+      action=rng.integers(0, config.model.num_actions, (batch_size,)).astype(np.int32),
+  )
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+  return load_config("smoke")

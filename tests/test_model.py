@@ -1,0 +1,142 @@
+"""Behaviour of the Flax HTT that does not need PyTorch: padding, geometry, encoding, init, sizes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import load_config, random_batch
+from htt_jax import geometry
+from htt_jax.models import build_model, sinusoidal_encoding
+from htt_jax.steps import init_variables
+
+FPHA_K = np.array([[348.93726, 0, 233.93314], [0, 348.93732, 135.17026], [0, 0, 1]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def smoke(smoke_config):
+  model = build_model(smoke_config)
+  variables = jax.jit(lambda r: init_variables(model, r, smoke_config))(jax.random.key(1))
+  forward = jax.jit(lambda v, b: model.apply(v, b["image"], b["intrinsics"], b["not_padding"],
+                                             return_attention=True))
+  return smoke_config, variables, forward
+
+
+def _inputs(batch):
+  return {k: batch[k] for k in ("image", "intrinsics", "not_padding")}
+
+
+def test_padded_frames_cannot_change_valid_outputs(smoke):
+  config, variables, forward = smoke
+  # Clip 0: frames 10.. padding, so the second P window (16..31) is entirely padding.
+  # Clip 1: frames 20.. padding, inside the second window.
+  batch = _inputs(random_batch(config, valid_frames=[10, 20]))
+  out = forward(variables, batch)
+  changed = dict(batch)
+  noise = np.random.default_rng(5).integers(0, 256, batch["image"].shape, dtype=np.uint8)
+  valid = batch["not_padding"][..., None, None, None] > 0
+  changed["image"] = np.where(valid, batch["image"], noise)
+  changed["intrinsics"] = np.where(batch["not_padding"][..., None, None] > 0, batch["intrinsics"],
+                                   batch["intrinsics"] * 1.7)
+  out2 = forward(variables, changed)
+  for key in ("pose_tokens", "joints3d", "object_probs", "action_inputs"):
+    for b, n in enumerate([10, 20]):
+      np.testing.assert_allclose(out[key][b, :n], out2[key][b, :n], rtol=1e-5, atol=1e-5,
+                                 err_msg=key)
+  np.testing.assert_allclose(out["action_probs"], out2["action_probs"], rtol=1e-5, atol=1e-6)
+  # The padded frames did change, so the comparison above was not vacuous.
+  assert np.abs(np.asarray(out["joints3d"][0, 12:]) - np.asarray(out2["joints3d"][0, 12:])).max() > 1e-3
+
+
+def test_fully_padded_window_is_finite_and_masks_keys(smoke):
+  config, variables, forward = smoke
+  batch = _inputs(random_batch(config, valid_frames=[1, 16]))
+  out = forward(variables, batch)
+  for key, value in out.items():
+    assert np.isfinite(np.asarray(value)).all(), key
+  t = config.model.window
+  attention = np.asarray(out["pose_attention"])  # (layers, windows, t, t)
+  # Window 0 of clip 0 has one valid frame: every query attends only to it.
+  np.testing.assert_allclose(attention[:, 0, :, 0], 1.0, rtol=1e-6)
+  # Window 1 of clip 0 is all padding: its first token is forced to be a valid key (facts 1.4).
+  np.testing.assert_allclose(attention[:, 1, :, 0], 1.0, rtol=1e-6)
+  # Action block: the action token (key 0) and valid frames only.
+  action_attention = np.asarray(out["action_attention"])  # (layers, B, T+1, T+1)
+  assert np.all(action_attention[:, 0, :, 2:] == 0)
+  assert np.all(action_attention[:, 1, :, 17:] == 0)
+  assert action_attention.shape == (2, 2, config.model.num_frames + 1, config.model.num_frames + 1)
+  assert attention.shape == (2, 2 * config.model.num_frames // t, t, t)
+
+
+def test_to_25d_matches_hand_computed_examples():
+  # Facts 1.6: the reference's outputs for FPHA intrinsics on a 480x270 input.
+  raw = jnp.array([[0.0, 0.0, 0.0], [1.0, -0.5, 10.0]])
+  joints2d, depth, joints3d = geometry.to_25d(raw, jnp.asarray(FPHA_K), (270, 480))
+  np.testing.assert_allclose(joints2d, [[240, 135], [340, 85]], rtol=1e-6)
+  np.testing.assert_allclose(depth, [0.4, 0.748937], rtol=1e-6)
+  np.testing.assert_allclose(joints3d, [[0.0069547, -0.0001952, 0.4],
+                                        [0.2276553, -0.1076823, 0.748937]], rtol=1e-5, atol=1e-7)
+  # By hand: u = 100a + W/2, Z = fx 1e-4 s + 0.4, X = (u - cx) Z / fx, Y = (v - cy) Z / fx.
+  k = np.array([[500.0, 0, 60], [0, 400.0, 30], [0, 0, 1]], np.float32)
+  joints2d, depth, joints3d = geometry.to_25d(jnp.array([[0.2, 0.1, 20.0]]), jnp.asarray(k),
+                                              (72, 128))
+  z = 500 * 1e-4 * 20 + 0.4
+  np.testing.assert_allclose(joints2d, [[84.0, 46.0]], rtol=1e-6)
+  np.testing.assert_allclose(joints3d, [[(84 - 60) * z / 500, (46 - 30) * z / 500, z]], rtol=1e-6)
+
+
+def test_projection_inverts_back_projection_when_fx_equals_fy():
+  k = jnp.array([[300.0, 0, 100], [0, 300.0, 50], [0, 0, 1]])
+  raw = jax.random.normal(jax.random.key(0), (5, 21, 3))
+  joints2d, _, joints3d = geometry.to_25d(raw, k, (100, 200))
+  np.testing.assert_allclose(geometry.project(joints3d, k), joints2d, rtol=1e-4, atol=1e-3)
+
+
+def test_sinusoidal_encoding_matches_reference_values():
+  pe = sinusoidal_encoding(6, 512)
+  np.testing.assert_allclose(pe[1, :4], [0.8414710, 0.5403023, 0.8218562, 0.5696951], rtol=1e-6)
+  np.testing.assert_allclose(pe[5, 510:512], [0.00051832, 0.99999988], rtol=1e-5)
+  np.testing.assert_array_equal(pe[0, 0::2], 0.0)
+  np.testing.assert_array_equal(pe[0, 1::2], 1.0)
+
+
+@pytest.mark.parametrize("name, expected", [("fpha", 25_981_102), ("h2o", 26_011_858)])
+def test_parameter_count_matches_reference(name, expected):
+  config = load_config(name)
+  model = build_model(config)
+  shapes = jax.eval_shape(lambda r: init_variables(model, r, config), jax.random.key(0))
+  assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected  # facts 1.9
+
+
+def test_initialisation_follows_reference():
+  config = load_config("fpha")
+  model = build_model(config)
+  params = jax.jit(lambda r: init_variables(model, r, config))(jax.random.key(0))["params"]
+  attn = params["pose_block"]["encoder"]["layers_0"]["self_attn"]
+  bound = np.sqrt(6 / (512 + 1536))  # xavier on the fused 1536x512 in-projection
+  kernel = np.asarray(attn["in_proj_kernel"])
+  assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
+  np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3), rtol=0.02)
+  np.testing.assert_array_equal(attn["in_proj_bias"], 0)
+  np.testing.assert_array_equal(attn["out_proj"]["bias"], 0)
+  token = np.asarray(params["action_block"]["action_token"])
+  assert abs(token.std() - 1.0) < 0.1
+  mlp = np.asarray(params["pose_mlp_2"]["bias"])
+  assert np.abs(mlp).max() <= 1 / np.sqrt(512) and np.abs(mlp).max() > 0.8 / np.sqrt(512)
+  conv = np.asarray(params["backbone"]["layer4_0"]["conv1"]["kernel"])  # fan_out = 512 * 9
+  np.testing.assert_allclose(conv.std(), np.sqrt(2 / (512 * 9)), rtol=0.02)
+
+
+def test_bfloat16_compute_keeps_float32_parameters(smoke_config):
+  config = smoke_config.copy_and_resolve_references()
+  config.dtype = "bfloat16"
+  model = build_model(config)
+  variables = jax.jit(lambda r: init_variables(model, r, config))(jax.random.key(1))
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables["params"]))
+  batch = random_batch(config, batch_size=1)
+  out = jax.jit(model.apply)(variables, batch["image"], batch["intrinsics"], batch["not_padding"])
+  ref = jax.jit(build_model(smoke_config).apply)(variables, batch["image"], batch["intrinsics"],
+                                                 batch["not_padding"])
+  assert out["joints3d"].dtype == jnp.float32
+  np.testing.assert_allclose(out["action_probs"], ref["action_probs"], atol=0.05)
+  np.testing.assert_allclose(out["joints2d"], ref["joints2d"], atol=0.05 * np.abs(ref["joints2d"]).max())
