@@ -1,0 +1,141 @@
+"""Losses against hand-computed values, the per-device share rule, the schedule, and training."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import random_batch
+from htt_jax import losses as losses_lib
+from htt_jax import steps
+
+
+def _tiny_case():
+  """2 clips x 3 frames x 1 joint; clip 0 has 2 valid frames, clip 1 has 1."""
+  not_padding = np.array([[1, 1, 0], [1, 0, 0]], np.float32)
+  target = np.zeros((2, 3, 1, 3), np.float32)
+  pred2d = np.zeros((2, 3, 1, 2), np.float32)
+  pred2d[0, 0, 0] = [2, 4]  # L1 mean over (u, v) = 3
+  pred2d[0, 1, 0] = [1, 1]  # 1
+  pred2d[0, 2, 0] = [100, 100]  # padding: ignored
+  pred2d[1, 0, 0] = [6, 0]  # 3
+  depth = np.zeros((2, 3, 1), np.float32)
+  depth[0, 0], depth[0, 1], depth[1, 0], depth[1, 1] = 0.1, 0.3, 0.2, 9.0
+  # Object logits: uniform over 2 classes -> CE = log 2 for every frame; frame (0,1) confident.
+  object_logits = np.zeros((2, 3, 2), np.float32)
+  object_logits[0, 1] = [10.0, 0.0]
+  action_logits = np.array([[0.0, 0.0], [np.log(3.0), 0.0]], np.float32)
+  outputs = dict(joints2d=pred2d, depth=depth,
+                 joints3d=np.concatenate([pred2d, depth[..., None]], -1),
+                 object_logits=object_logits, action_logits=action_logits)
+  batch = dict(not_padding=not_padding, joints25d=target, joints3d=target,
+               object=np.zeros((2, 3), np.int32), action=np.array([0, 1], np.int32))
+  return outputs, batch
+
+
+def test_frame_normalisation_by_hand():
+  outputs, batch = _tiny_case()
+  got = losses_lib.compute_losses(outputs, batch, normalization="frame")
+  ce_conf = np.log1p(np.exp(-10.0))
+  expected = {
+      "loss/joints2d": (3 + 1 + 3) / 3,
+      "loss/depth": (0.1 + 0.3 + 0.2) / 3,
+      "loss/object": (np.log(2) + ce_conf + np.log(2)) / 3,
+      # Clip 0: p(0) = 1/2; clip 1: logits (log 3, 0) -> p(1) = 1/4.
+      "loss/action": (np.log(2) + np.log(4)) / 2,
+      "loss/joints3d": ((2 + 4 + 0.1) / 3 + (1 + 1 + 0.3) / 3 + (6 + 0 + 0.2) / 3) / 3,
+  }
+  for key, value in expected.items():
+    np.testing.assert_allclose(got[key], value, rtol=1e-5, err_msg=key)
+  total = expected["loss/joints2d"] + 100 * expected["loss/depth"] + expected["loss/object"] + \
+      expected["loss/action"]
+  np.testing.assert_allclose(got["loss/total"], total, rtol=1e-5)
+
+
+def test_clip_normalisation_by_hand():
+  outputs, batch = _tiny_case()
+  got = losses_lib.compute_losses(outputs, batch, normalization="clip", lambda_hand_z=10.0)
+  ce_conf = np.log1p(np.exp(-10.0))
+  joints2d = ((3 + 1) / 2 + 3 / 1) / 2
+  depth = ((0.1 + 0.3) / 2 + 0.2) / 2
+  obj = ((np.log(2) + ce_conf) / 2 + np.log(2)) / 2
+  np.testing.assert_allclose(got["loss/joints2d"], joints2d, rtol=1e-5)
+  np.testing.assert_allclose(got["loss/depth"], depth, rtol=1e-5)
+  np.testing.assert_allclose(got["loss/object"], obj, rtol=1e-5)
+  np.testing.assert_allclose(got["loss/total"],
+                             joints2d + 10 * depth + obj + (np.log(2) + np.log(4)) / 2, rtol=1e-5)
+
+
+def test_l2_pose_loss_squares_errors():
+  outputs, batch = _tiny_case()
+  got = losses_lib.compute_losses(outputs, batch, normalization="frame", pose_loss="l2")
+  np.testing.assert_allclose(got["loss/joints2d"], ((4 + 16) / 2 + 1 + 36 / 2) / 3, rtol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["frame", "clip"])
+def test_device_shares_sum_to_the_global_loss(normalization):
+  """With an axis name every device returns its share; shares add up to the global value."""
+  rng = np.random.default_rng(0)
+  b, t, j = 4, 5, 2
+  outputs = dict(joints2d=rng.normal(size=(b, t, j, 2)), depth=rng.normal(size=(b, t, j)),
+                 joints3d=rng.normal(size=(b, t, j, 3)), object_logits=rng.normal(size=(b, t, 3)),
+                 action_logits=rng.normal(size=(b, 4)))
+  not_padding = (np.arange(t)[None] < np.array([5, 1, 3, 2])[:, None]).astype(np.float32)
+  batch = dict(not_padding=not_padding, joints25d=rng.normal(size=(b, t, j, 3)),
+               joints3d=rng.normal(size=(b, t, j, 3)), object=rng.integers(0, 3, (b, t)),
+               action=rng.integers(0, 4, (b,)))
+  whole = losses_lib.compute_losses(outputs, batch, normalization=normalization)
+  split = lambda tree: jax.tree.map(lambda x: jnp.asarray(x).reshape((2, b // 2) + x.shape[1:]),
+                                    tree)
+  shares = jax.vmap(functools.partial(losses_lib.compute_losses, normalization=normalization,
+                                      axis_name="devices"), axis_name="devices")(
+                                          split(outputs), split(batch))
+  for key in whole:
+    np.testing.assert_allclose(shares[key].sum(), whole[key], rtol=1e-5, err_msg=key)
+
+
+def test_schedule_halves_every_15_epochs(smoke_config):
+  schedule = steps.learning_rate_schedule(smoke_config, steps_per_epoch=10)
+  lr = smoke_config.learning_rate
+  for step, expected in [(0, lr), (149, lr), (150, lr / 2), (299, lr / 2), (300, lr / 4),
+                         (449, lr / 4)]:
+    np.testing.assert_allclose(schedule(step), expected, rtol=1e-6, err_msg=str(step))
+
+
+def test_training_steps_lower_the_loss_on_a_fixed_batch(smoke_config):
+  config = smoke_config.copy_and_resolve_references()
+  config.learning_rate = 1e-3
+  batch = random_batch(config, valid_frames=[32, 20])
+  # One hand pose and one object throughout, so that a few steps can fit them.
+  for key in ("joints3d", "joints25d"):
+    batch[key] = np.broadcast_to(batch[key][:1, :1], batch[key].shape).copy()
+  batch["object"][:] = 1
+  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=100)
+  schedule = steps.learning_rate_schedule(config, 100)
+  step = jax.jit(functools.partial(steps.train_step, config=config, learning_rate_fn=schedule),
+                 donate_argnums=0)
+  losses = []
+  for _ in range(8):
+    state, metrics = step(state, batch)
+    losses.append({k: float(v) for k, v in metrics.items()})
+  assert int(state.step) == 8
+  first, last = losses[0], losses[-1]
+  assert last["loss"] < 0.7 * first["loss"], [m["loss"] for m in losses]
+  assert last["loss/joints2d"] < 0.75 * first["loss/joints2d"]
+  assert last["loss/object"] < 0.1 * first["loss/object"]
+  assert last["loss/action"] < 0.5 * first["loss/action"]
+  np.testing.assert_allclose(losses[0]["learning_rate"], 1e-3)
+  # The eval step's loss on a state is what the next train step reports (before its update).
+  eval_out = jax.jit(functools.partial(steps.eval_step, config=config))(state, batch)
+  _, metrics = step(state, batch)
+  np.testing.assert_allclose(eval_out["loss/total"], metrics["loss"], rtol=1e-5)
+
+
+def test_batch_norm_statistics_never_change(smoke_config):
+  state = steps.create_train_state(smoke_config, jax.random.key(0), steps_per_epoch=10)
+  before = jax.tree.map(np.asarray, state.batch_stats)
+  step = jax.jit(functools.partial(steps.train_step, config=smoke_config))
+  state, _ = step(state, random_batch(smoke_config))
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.batch_stats))
