@@ -100,7 +100,7 @@ class HTT(nn.Module):
     d, n = self.hidden_dim, batch * frames
     dense = lambda features, fan_in, name: initializers.torch_dense(
         features, fan_in, dtype=self.dtype, name=name)
-    not_padding = not_padding.astype(jnp.float32)
+    not_padding = jnp.asarray(not_padding, jnp.float32)
 
     x = normalize_images(images).astype(self.dtype).reshape(n, height, width, channels)
     features = ResNet18(dtype=self.dtype, remat=self.remat, name="backbone")(x)
