@@ -23,8 +23,10 @@ $(STAMP): setup.cfg pyproject.toml
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
 
+# The demo (synthetic data -> train -> evaluate) lands with the data and training work.
 demo: $(STAMP)
-	$(PY) scripts/demo.py --workdir=runs/demo
+	@echo "make demo: not yet available: it needs the synthetic dataset and the training loop," \
+	  "which are still in progress. 'make test' runs everything that exists."
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
