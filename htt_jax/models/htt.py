@@ -79,6 +79,8 @@ class HTT(nn.Module):
     with `return_attention=True` also pose_attention (L,B*T/t,t,t), action_attention (L,B,T+1,T+1),
     averaged over heads.
   Parameters are float32; `dtype` is the compute dtype (bfloat16 on accelerators).
+  P runs at the backbone's width (512); `hidden_dim` (d) is the width of the heads and of A. The
+  reference has d = 512, where the two coincide; a smaller d gives cheaper test models.
   """
   num_joints: int
   num_objects: int
@@ -98,8 +100,9 @@ class HTT(nn.Module):
     if frames % self.window:
       raise ValueError(f"clip length T={frames} is not a multiple of the window t={self.window}")
     d, n = self.hidden_dim, batch * frames
-    dense = lambda features, fan_in, name: initializers.torch_dense(
-        features, fan_in, dtype=self.dtype, name=name)
+    # Linear layers initialised like torch.nn.Linear, whose bias bound needs the input width.
+    dense = lambda features, name, x: initializers.torch_dense(
+        features, x.shape[-1], dtype=self.dtype, name=name)(x)
     not_padding = jnp.asarray(not_padding, jnp.float32)
 
     x = normalize_images(images).astype(self.dtype).reshape(n, height, width, channels)
@@ -111,31 +114,31 @@ class HTT(nn.Module):
         name="pose_block")(features, not_padding)
 
     # Hand pose: MLP_1 [d, d, 3J] with LeakyReLU(0.01); outputs are joint-major (a, b, s) triplets.
-    h = nn.leaky_relu(dense(d, d, "pose_mlp_0")(pose_tokens), 0.01)
-    h = nn.leaky_relu(dense(d, d, "pose_mlp_1")(h), 0.01)
-    raw_pose = dense(3 * self.num_joints, d, "pose_mlp_2")(h).astype(jnp.float32)
+    h = nn.leaky_relu(dense(d, "pose_mlp_0", pose_tokens), 0.01)
+    h = nn.leaky_relu(dense(d, "pose_mlp_1", h), 0.01)
+    raw_pose = dense(3 * self.num_joints, "pose_mlp_2", h).astype(jnp.float32)
     raw_pose = raw_pose.reshape(batch, frames, self.num_joints, 3)
     joints2d, depth, joints3d = geometry.to_25d(raw_pose, intrinsics.astype(jnp.float32),
                                                 (height, width))
 
     # Object: two linears with no activation between them (facts 6.2).
-    object_logits = dense(self.num_objects, d, "object_classifier")(
-        dense(d, d, "object_embed")(pose_tokens)).astype(jnp.float32)
+    object_logits = dense(self.num_objects, "object_classifier",
+                          dense(d, "object_embed", pose_tokens)).astype(jnp.float32)
     object_probs = jax.nn.softmax(object_logits, axis=-1)
 
     # Fusion, in the code's order [g, FC2(raw 2D), FC3(object probs)] (facts 6.1), all affine.
-    pose_feature = dense(d, 2 * self.num_joints, "pose_to_action")(
-        raw_pose[..., :2].reshape(batch, frames, 2 * self.num_joints))
-    object_feature = dense(d, self.num_objects, "object_to_action")(object_probs)
-    action_inputs = dense(d, 3 * d, "fuse_to_action")(
-        jnp.concatenate([pose_tokens.astype(self.dtype), pose_feature.astype(self.dtype),
-                         object_feature.astype(self.dtype)], axis=-1))
+    pose_feature = dense(d, "pose_to_action",
+                         raw_pose[..., :2].reshape(batch, frames, 2 * self.num_joints))
+    object_feature = dense(d, "object_to_action", object_probs)
+    action_inputs = dense(d, "fuse_to_action", jnp.concatenate(
+        [pose_tokens.astype(self.dtype), pose_feature.astype(self.dtype),
+         object_feature.astype(self.dtype)], axis=-1))
 
     action_tokens, action_attention = ActionBlock(
         self.num_layers_action, self.num_heads, self.mlp_dim, dtype=self.dtype,
         name="action_block")(action_inputs, not_padding)
-    action_logits = dense(self.num_actions, d, "action_classifier")(
-        action_tokens[:, 0]).astype(jnp.float32)
+    action_logits = dense(self.num_actions, "action_classifier",
+                          action_tokens[:, 0]).astype(jnp.float32)
 
     outputs = dict(
         features=features,

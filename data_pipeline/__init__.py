@@ -1,0 +1,1 @@
+"""Dataset sources (FPHA, H2O, synthetic) -> windowed clips -> TFRecord shards, and TFDS builders."""
