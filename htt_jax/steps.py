@@ -59,10 +59,18 @@ def init_variables(model, rng, config):
 
 
 def create_train_state(config, rng, steps_per_epoch: int, variables=None) -> TrainState:
-  """A fresh TrainState; `variables` (e.g. imported weights) replaces the random initialisation."""
+  """A fresh TrainState; `variables` (e.g. imported weights) replaces the random initialisation.
+
+  Without `variables`, a `config.init.resnet_checkpoint` (torchvision ResNet-18 state_dict file)
+  replaces the random backbone, as the reference starts from ImageNet weights.
+  """
   model = build_model(config)
   if variables is None:
     variables = jax.jit(functools.partial(init_variables, model, config=config))(rng)
+    if config.init.resnet_checkpoint:
+      # Lazy import: PyTorch is only needed when a .pth file is given.
+      from htt_jax import import_torch  # pylint: disable=g-import-not-at-top
+      variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
   return TrainState.create(apply_fn=model.apply, params=variables["params"],
                            batch_stats=variables["batch_stats"],
                            tx=make_optimizer(config, steps_per_epoch))

@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import ROOT, load_config  # noqa: E402
-from htt_jax import checkpointing, import_torch  # noqa: E402
+from htt_jax import checkpointing, import_torch, steps  # noqa: E402
 from htt_jax.models import build_model, sinusoidal_encoding  # noqa: E402
 from htt_jax.steps import init_variables  # noqa: E402
 
@@ -291,6 +291,14 @@ def test_resnet_initialises_only_the_backbone(smoke, tmp_path):
   prefixed = collections.OrderedDict((BASE + k, v) for k, v in state_dict.items())
   assert_trees_equal(import_torch.resnet_to_flax(prefixed),
                      {c: new[c]["backbone"] for c in ("params", "batch_stats")})
+  # Training starts from it when the config names the file.
+  config = load_config("smoke")
+  config.init.resnet_checkpoint = path
+  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+  np.testing.assert_array_equal(state.params["backbone"]["layer2_1"]["conv2"]["kernel"],
+                                new["params"]["backbone"]["layer2_1"]["conv2"]["kernel"])
+  np.testing.assert_array_equal(state.batch_stats["backbone"]["bn1"]["var"],
+                                state_dict["bn1.running_var"].numpy())
   del state_dict["layer3.1.bn1.running_var"]
   torch.save(state_dict, path)
   with pytest.raises(import_torch.CheckpointMismatchError, match="layer3.1.bn1.running_var"):
