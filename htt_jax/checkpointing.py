@@ -51,3 +51,69 @@ def restore_variables(directory: str, step: Optional[int] = None) -> tuple[Any, 
   }))
   manager.close()
   return restored[VARIABLES], dict(restored[METADATA] or {})
+
+TRAIN = "train"
+
+
+class TrainCheckpointer:
+  """Training checkpoints of a workdir: async saves every N steps, keep-N, preemption-aware,
+  and resume from the newest step that restores (a truncated or unreadable one is skipped with a
+  warning, the previous one is used).
+
+  Items per step: `variables` (params, batch_stats), `train` (opt_state, step) and `metadata`
+  (JSON: config, code version, data position and anything the loop needs for an exact resume).
+  """
+
+  def __init__(self, directory: str, save_every_steps: int, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.save_every_steps = max(1, save_every_steps)
+    self.manager = _manager(self.directory, create=True, max_to_keep=keep,
+                            enable_async_checkpointing=async_save)
+
+  def should_save(self, step: int) -> bool:
+    """True every `save_every_steps` steps, and when the cluster signals a preemption."""
+    return step % self.save_every_steps == 0 or self.manager.reached_preemption(step)
+
+  def reached_preemption(self, step: int) -> bool:
+    return self.manager.reached_preemption(step)
+
+  def save(self, step: int, state, metadata: dict) -> None:
+    """Starts an async save of `state` (a steps.TrainState) as `step` (forced)."""
+    self.manager.save(step, args=ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardSave({"params": state.params,
+                                          "batch_stats": state.batch_stats}),
+        TRAIN: ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
+        METADATA: ocp.args.JsonSave(metadata),
+    }), force=True)
+
+  def restore_latest(self, state):
+    """(state, metadata) from the newest restorable step, with `state` as the target (shapes,
+    dtypes and shardings); None when the workdir has no checkpoint."""
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    import jax  # pylint: disable=g-import-not-at-top
+    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**{
+            VARIABLES: ocp.args.StandardRestore(abstract({"params": state.params,
+                                                          "batch_stats": state.batch_stats})),
+            TRAIN: ocp.args.StandardRestore(abstract({"opt_state": state.opt_state,
+                                                      "step": state.step})),
+            METADATA: ocp.args.JsonRestore(),
+        }))
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying the "
+                        "previous one", step, self.directory, type(e).__name__, e)
+        continue
+      variables, train = restored[VARIABLES], restored[TRAIN]
+      state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],
+                            opt_state=train["opt_state"], step=train["step"])
+      return state, dict(restored[METADATA] or {})
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
