@@ -89,7 +89,9 @@ def make_example(record: Mapping) -> bytes:
       "height": _int64([height]),
       "width": _int64([width]),
   }
-  return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+  # deterministic: map keys sorted, so a record's bytes do not depend on the process's hash seed.
+  example = tf.train.Example(features=tf.train.Features(feature=feature))
+  return example.SerializeToString(deterministic=True)
 
 
 def parse_record(serialized):
