@@ -20,8 +20,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e '.[torch,test]'
 	@touch $(STAMP)
 
+# Tests that use PyTorch run in their own process: torch.optim imports triton, whose LLVM crashes
+# (segfault) when TensorFlow's is already loaded, as it is once a tf.data test has run.
+TORCH_TESTS := tests/test_import_torch.py tests/test_parity.py tests/test_torch_reference.py
+
 test: $(STAMP)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q $(TORCH_TESTS)
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q tests $(addprefix --ignore=,$(TORCH_TESTS))
 
 # The demo (synthetic data -> train -> evaluate) lands with the data and training work.
 demo: $(STAMP)
