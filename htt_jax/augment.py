@@ -1,0 +1,355 @@
+"""The reference's training augmentation (facts 3.7) on whole clips (T, H, W, 3) uint8, in TF ops.
+
+Order as in the reference (datasets/seqset_htt.py:SeqSet.get_sample): Gaussian blur (radius per
+frame), colour jitter (factors per clip, the four ops in a random order reshuffled per frame),
+then the spatial transform, an exact integer translation with black fill. Colour comes first, so
+the uncovered border stays black and the contrast op averages the whole unshifted image.
+
+Every op reproduces Pillow's arithmetic (PIL is what the reference calls), bit for bit except
+for rare blur ties:
+- ImageEnhance.Brightness / Color / Contrast are Image.blend(degenerate, image, f) =
+  trunc(deg + f * (image - deg)) in float32, clipped to [0, 255]; Color's degenerate is the L image
+  (ITU-R 601-2 in fixed point: (19595 R + 38470 G + 7471 B + 2^15) >> 16); Contrast's is the
+  constant int(mean(L) + 0.5).
+- hue (torchvision-style adjust_hue): RGB -> HSV (Pillow's Convert.c, uint8 H, S, V), H shifted by
+  trunc(h * 255) mod 256 with wrap-around (facts 6.16), HSV -> RGB. The two conversions are exact
+  lookup tables built once per process with numpy replaying Pillow's float/double arithmetic.
+- GaussianBlur(radius) is Pillow's: 3 passes of an "extended box" blur per axis (horizontal
+  passes, then vertical), box radius from _gaussian_blur_radius, 24-bit fixed-point weights,
+  rounding to uint8 after every pass, edges replicated. Per-frame kernels run as one depthwise
+  convolution with frames folded into channels; its float32 sums differ from Pillow's integer
+  ones only within ~1e-5 of a rounding tie (< 1% of pixels off by 1 at radius < 0.5).
+
+Randomness is stateless, keyed by a (2,) int64 seed tensor, so a clip's augmentation depends only
+on its key (the input pipeline derives it from the seed and the clip's place in the epoch).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+import tensorflow as tf
+
+# Op ids, in the order colortrans.apply_jitter builds its list before shuffling it.
+BRIGHTNESS, SATURATION, HUE, CONTRAST = 0, 1, 2, 3
+NUM_COLOR_OPS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+  """Amounts (reference defaults, facts 3.7; 0 disables an op as in the reference)."""
+  brightness: float = 0.5  # factor ~ U[max(0, 1 - b), 1 + b], per clip
+  contrast: float = 0.5
+  saturation: float = 0.5
+  hue: float = 0.15  # shift ~ U[-h, h], per clip
+  blur_radius: float = 0.5  # radius ~ U[0, 1) * r, per frame
+  center_jittering: float = 0.1  # offset = trunc(c * width * U[-1, 1)), per clip and axis
+  # Frames processed together: bounds the float32 intermediates to a few of these chunks.
+  chunk_frames: int = 16
+
+
+def fold_key(key, *data):
+  """A new (2,) int64 key from `key` and integers (stateless; order matters)."""
+  key = tf.cast(key, tf.int64)
+  for d in data:
+    key = tf.random.experimental.stateless_fold_in(key, tf.cast(d, tf.int64))
+  return key
+
+
+def sample_params(key, num_frames, width, config: AugmentConfig = AugmentConfig()):
+  """The random draws of one clip (inspectable; `apply_params` applies them).
+
+  Returns offset (2,) int32 (x, y), brightness, saturation, contrast, hue () float32 (per clip),
+  blur_radius (T,) float32 and order (T, 4) int32 (op ids per round; per frame).
+  """
+  keys = tf.random.experimental.stateless_split(tf.cast(key, tf.int64), 4)
+  jitter = tf.random.stateless_uniform([2], keys[0], -1.0, 1.0, dtype=tf.float64)
+  # The reference scales by the crop size 480 (= the width) for both axes and truncates with
+  # astype(int): offsets in (-0.1 W, 0.1 W), 0 twice as likely (facts 3.7, 6.16).
+  offset = tf.cast(config.center_jittering * tf.cast(width, tf.float64) * jitter, tf.int32)
+  u = tf.random.stateless_uniform([4], keys[1], dtype=tf.float64)
+
+  def factor(amount, ui):  # random.uniform(max(0, 1 - a), 1 + a); 1 (identity) when disabled.
+    low = max(0.0, 1.0 - amount)
+    return tf.cast(low + (1.0 + amount - low) * ui if amount > 0 else tf.ones_like(ui), tf.float32)
+
+  hue = tf.cast(-config.hue + 2.0 * config.hue * u[3], tf.float32)
+  radius = tf.random.stateless_uniform([num_frames], keys[2]) * config.blur_radius
+  order = tf.argsort(tf.random.stateless_uniform([num_frames, NUM_COLOR_OPS], keys[3]), axis=1)
+  return {"offset": offset, "brightness": factor(config.brightness, u[0]),
+          "saturation": factor(config.saturation, u[1]), "contrast": factor(config.contrast, u[2]),
+          "hue": hue, "blur_radius": radius, "order": tf.cast(order, tf.int32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Colour ops on (N, H, W, 3) uint8 -> uint8 (float32 inside, as Pillow computes in float).
+
+def luminance(x):
+  """Pillow's RGB -> L of float32 x: (19595 R + 38470 G + 7471 B + 2^15) >> 16, (N, H, W, 1).
+
+  Every partial sum is an integer below 2^24, so float32 (and any summation order) is exact.
+  """
+  weights = tf.constant([[19595.0], [38470.0], [7471.0]])
+  weighted = tf.reshape(tf.linalg.matmul(tf.reshape(x, [-1, 3]), weights),
+                        tf.concat([tf.shape(x)[:-1], [1]], 0))
+  return tf.floor((weighted + 32768.0) * (1.0 / 65536.0))
+
+
+def mean_level(gray):
+  """int(mean + 0.5) of each frame's L image (ImageEnhance.Contrast), (N, 1, 1, 1); exact ints."""
+  total = tf.reduce_sum(tf.cast(gray, tf.int32), axis=[1, 2, 3], keepdims=True)
+  count = tf.reduce_prod(tf.shape(gray)[1:])
+  return tf.cast((2 * total + count) // (2 * count), tf.float32)
+
+
+def blend(degenerate, image, factor):
+  """Image.blend(degenerate, image, factor): float32 deg + f * (img - deg), clipped, truncated
+  (the uint8 cast truncates like C's)."""
+  return tf.cast(tf.clip_by_value(degenerate + factor * (image - degenerate), 0.0, 255.0),
+                 tf.uint8)
+
+
+def adjust_brightness(x, factor):
+  """ImageEnhance.Brightness: blend with black; 0 + f * (x - 0) is f * x exactly."""
+  return tf.cast(tf.clip_by_value(factor * tf.cast(x, tf.float32), 0.0, 255.0), tf.uint8)
+
+
+def adjust_saturation(x, factor):
+  """ImageEnhance.Color: blend with the L image."""
+  x = tf.cast(x, tf.float32)
+  return blend(luminance(x), x, factor)
+
+
+def adjust_contrast(x, factor):
+  """ImageEnhance.Contrast: blend with the frame's mean L level."""
+  x = tf.cast(x, tf.float32)
+  return blend(mean_level(luminance(x)), x, factor)
+
+
+_TABLES = None
+
+
+def _build_tables():
+  """numpy lookup tables replaying Pillow's Convert.c rgb2hsv / hsv2rgb (float vs double as there).
+
+  Returns h_of_rgb (2^24,) indexed r<<16|g<<8|b, s_of_maxmin (2^16,) indexed max<<8|min,
+  rgb_of_hsv (2^24, 3) indexed h<<16|s<<8|v; all uint8.
+  """
+  f32, f64 = np.float32, np.float64
+  gb = np.arange(1 << 16)
+  g, b = (gb >> 8).astype(np.int32), (gb & 255).astype(np.int32)
+  h_of_rgb = np.empty((256, 1 << 16), np.uint8)
+  for r in range(256):
+    maxc, minc = np.maximum(r, np.maximum(g, b)), np.minimum(r, np.minimum(g, b))
+    cr = (maxc - minc).astype(f32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+      rc, gc, bc = [((maxc - c).astype(f32) / cr).astype(f32) for c in (r, g, b)]
+    h = np.where(r == maxc, (bc - gc).astype(f32),
+                 np.where(g == maxc, (2.0 + rc.astype(f64) - bc).astype(f32),
+                          (4.0 + gc.astype(f64) - rc).astype(f32)))
+    h = np.fmod(h.astype(f64) / 6.0 + 1.0, 1.0).astype(f32)
+    uh = np.clip(np.trunc(np.nan_to_num(h.astype(f64) * 255.0)), 0, 255)
+    h_of_rgb[r] = np.where(maxc == minc, 0, uh)
+  maxc, minc = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+  with np.errstate(divide="ignore", invalid="ignore"):
+    s = ((maxc - minc).astype(f32) / maxc.astype(f32)).astype(f32)
+    us = np.clip(np.trunc(np.nan_to_num(s.astype(f64) * 255.0)), 0, 255)
+  s_of_maxmin = np.where(maxc == minc, 0, us).astype(np.uint8).reshape(-1)
+
+  def c_round(x):  # C round(): half away from zero (x >= 0 here).
+    floor = np.floor(x)
+    return np.clip(floor + (x - floor >= 0.5), 0, 255)
+
+  s, v = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+  s, v = s.reshape(-1), v.reshape(-1).astype(f64)
+  fs = (s.astype(f32) / 255.0).astype(f32)
+  rgb_of_hsv = np.empty((256, 1 << 16, 3), np.uint8)
+  for h in range(256):
+    i = int(np.floor(f64(f32(h)) * 6.0 / 255.0))
+    f = f32(f64(f32(h)) * 6.0 / 255.0 - i)
+    p = c_round(v * (1.0 - fs.astype(f64)))
+    q = c_round(v * (1.0 - (fs * f).astype(f32).astype(f64)))
+    t = c_round(v * (1.0 - fs.astype(f64) * (1.0 - f64(f))))
+    rows = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i % 6]
+    out = np.stack(rows, -1)
+    rgb_of_hsv[h] = np.where((s == 0)[:, None], v[:, None], out)
+  return h_of_rgb.reshape(-1), s_of_maxmin, rgb_of_hsv.reshape(-1, 3)
+
+
+def hsv_tables():
+  """The tables as eager tensors, built once per process (~1 s; 66 MB)."""
+  global _TABLES
+  if _TABLES is None:
+    with tf.init_scope():  # Eager even when first called while tracing a tf.data function.
+      _TABLES = tuple(tf.constant(t) for t in _build_tables())
+  return _TABLES
+
+
+def hue_shift(hue_factor):
+  """The H shift: trunc(h * 255) mod 256 (facts 6.16: the reference's uint8 cast, wrapped)."""
+  return tf.math.floormod(tf.cast(tf.cast(hue_factor, tf.float64) * 255.0, tf.int32), 256)
+
+
+def adjust_hue(x, hue_factor):
+  """RGB -> HSV -> H + shift (mod 256) -> RGB, exactly as Pillow computes it; uint8 -> uint8."""
+  h_of_rgb, s_of_maxmin, rgb_of_hsv = hsv_tables()
+  xi = tf.cast(x, tf.int32)
+  r, g, b = xi[..., 0], xi[..., 1], xi[..., 2]
+  maxc = tf.maximum(r, tf.maximum(g, b))
+  minc = tf.minimum(r, tf.minimum(g, b))
+  h = tf.cast(tf.gather(h_of_rgb, r * 65536 + g * 256 + b), tf.int32)
+  s = tf.cast(tf.gather(s_of_maxmin, maxc * 256 + minc), tf.int32)
+  h = tf.bitwise.bitwise_and(h + hue_shift(hue_factor), 255)
+  return tf.gather(rgb_of_hsv, h * 65536 + s * 256 + maxc)
+
+
+def color_jitter(x, order, brightness, saturation, contrast, hue, hue_enabled=True):
+  """The four ops on (N, H, W, 3) uint8 with per-clip factors, frame n in the order order[n].
+
+  Four rounds: round k partitions the frames by the op they draw, order[n, k], and applies each
+  op to its share only, so every frame pays for each op exactly once (hue is the costly one).
+  """
+  num = tf.shape(x)[0]
+  for k in range(NUM_COLOR_OPS):
+    op = order[:, k]
+    parts = tf.dynamic_partition(x, op, NUM_COLOR_OPS)
+    where = tf.dynamic_partition(tf.range(num), op, NUM_COLOR_OPS)
+    parts[BRIGHTNESS] = adjust_brightness(parts[BRIGHTNESS], brightness)
+    parts[SATURATION] = adjust_saturation(parts[SATURATION], saturation)
+    parts[CONTRAST] = adjust_contrast(parts[CONTRAST], contrast)
+    if hue_enabled:  # The reference skips the op (and its lossy HSV round trip) when hue = 0.
+      parts[HUE] = adjust_hue(parts[HUE], hue)
+    x = tf.reshape(tf.dynamic_stitch(where, parts), tf.shape(x))
+  return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Blur.
+
+def _box_radius(radius):
+  """Pillow's _gaussian_blur_radius(radius, passes=3) (float32 as in C)."""
+  sigma2 = radius * radius / 3.0
+  big_l = tf.cast(tf.sqrt(12.0 * tf.cast(sigma2, tf.float64) + 1.0), tf.float32)
+  small_l = tf.floor((big_l - 1.0) / 2.0)
+  a = (2.0 * small_l + 1.0) * (small_l * (small_l + 1.0) - 3.0 * sigma2)
+  a = a / (6.0 * (sigma2 - (small_l + 1.0) * (small_l + 1.0)))
+  return small_l + a
+
+
+def blur_kernels(radius, max_radius: float):
+  """Per-frame 1-D kernels (N, 2K+1) of one box pass: ww over the 2l+1 centre taps, fw at +-(l+1).
+
+  ww = trunc(2^24 / (2 r + 1)), fw = (2^24 - (2l+1) ww) // 2 (BoxBlur.c), divided by 2^24.
+  K = 1 + the largest integer box radius max_radius can give.
+  """
+  sigma2 = max_radius * max_radius / 3.0  # Static K: the same formula in Python.
+  big_k = 1 + math.floor((math.sqrt(12.0 * sigma2 + 1.0) - 1.0) / 2.0)
+  box = _box_radius(tf.cast(radius, tf.float32))
+  whole = tf.minimum(tf.cast(box, tf.int32), big_k - 1)
+  ww = tf.cast(tf.cast(2.0 ** 24, tf.float32) / (box * 2.0 + 1.0), tf.int64)
+  fw = (2 ** 24 - tf.cast(2 * whole + 1, tf.int64) * ww) // 2
+  taps = tf.abs(tf.range(-big_k, big_k + 1))[None, :]
+  weights = tf.where(taps <= whole[:, None], ww[:, None],
+                     tf.where(taps == whole[:, None] + 1, fw[:, None], 0))
+  return tf.cast(weights, tf.float32) * (1.0 / 2.0 ** 24)
+
+
+def _pad_edges(y, width: int, axis: int):
+  """Repeats the edge pixels `width` times along `axis` (Pillow's box blur extends the edges).
+
+  gather + concat: measured faster than tf.pad(mode='SYMMETRIC') for one pixel.
+  """
+  first = tf.gather(y, [0] * width, axis=axis)
+  last = tf.gather(y, tf.fill([width], tf.shape(y)[axis] - 1), axis=axis)
+  return tf.concat([first, y, last], axis=axis)
+
+
+def gaussian_blur(x, radius, max_radius: float = 0.5):
+  """ImageFilter.GaussianBlur(radius[n]) on each frame n of x (N, H, W, 3) uint8 -> uint8.
+
+  The fixed-point sums are evaluated in float32 (exact weights, rounded products): where the
+  exact sum lies within ~1e-5 of a rounding tie, a pixel can differ from Pillow's by 1 per pass.
+  """
+  num, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
+  kernels = blur_kernels(radius, max_radius)  # (N, 2K+1)
+  big_k = (kernels.shape[1] - 1) // 2
+  # Frames and colours become the channels of one image: one depthwise conv per pass.
+  y = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, height, width, num * 3])
+  y = tf.cast(y, tf.float32)
+  per_channel = tf.transpose(tf.repeat(kernels, 3, axis=0))  # (2K+1, 3N)
+  for axis, shape in ((2, [1, -1, num * 3, 1]), (1, [-1, 1, num * 3, 1])):
+    kernel = tf.reshape(per_channel, shape)
+    for _ in range(3):
+      padded = _pad_edges(y, big_k, axis)
+      y = tf.nn.depthwise_conv2d(padded, kernel, [1, 1, 1, 1], "VALID")
+      y = tf.floor(y + 0.5)  # (bulk + 2^23) >> 24: back to uint8 after every pass.
+  y = tf.reshape(tf.cast(y, tf.uint8), [height, width, num, 3])
+  return tf.transpose(y, [2, 0, 1, 3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Geometry and the whole clip.
+
+def translate_images(images, offset):
+  """out[y, x] = in[y + oy, x + ox], black outside: PIL AFFINE + NEAREST of an integer shift."""
+  height, width = tf.shape(images)[1], tf.shape(images)[2]
+  ox, oy = offset[0], offset[1]
+  x0, x1 = tf.clip_by_value(ox, 0, width), tf.clip_by_value(width + ox, 0, width)
+  y0, y1 = tf.clip_by_value(oy, 0, height), tf.clip_by_value(height + oy, 0, height)
+  kept = images[:, y0:y1, x0:x1]
+  top, left = tf.clip_by_value(-oy, 0, height), tf.clip_by_value(-ox, 0, width)
+  paddings = [[0, 0], [top, height - top - (y1 - y0)], [left, width - left - (x1 - x0)], [0, 0]]
+  return tf.pad(kept, paddings)
+
+
+def translation_matrix(offset):
+  """A = [[1, 0, -ox], [0, 1, -oy], [0, 0, 1]]: the reference's affine at scale 480, rot 0."""
+  o = tf.cast(offset, tf.float32)
+  return tf.stack([tf.stack([1.0, 0.0, -o[0]]), tf.stack([0.0, 1.0, -o[1]]),
+                   tf.constant([0.0, 0.0, 1.0])])
+
+
+def photometric(images, params, config: AugmentConfig = AugmentConfig()):
+  """Blur then colour jitter on (T, H, W, 3) uint8, in chunks of frames (memory), -> uint8."""
+
+  def run(args):
+    x, radius, order = args
+    if config.blur_radius > 0:
+      x = gaussian_blur(x, radius, config.blur_radius)
+    return color_jitter(x, order, params["brightness"], params["saturation"],
+                        params["contrast"], params["hue"], hue_enabled=config.hue > 0)
+
+  num = images.shape[0]
+  chunk = config.chunk_frames
+  if num is None or num <= chunk or num % chunk:
+    return run((images, params["blur_radius"], params["order"]))
+  split = lambda a: tf.reshape(a, [num // chunk, chunk] + a.shape[1:].as_list())
+  out = tf.map_fn(run, (split(images), split(params["blur_radius"]), split(params["order"])),
+                  fn_output_signature=tf.TensorSpec([chunk] + images.shape[1:].as_list(),
+                                                    tf.uint8),
+                  parallel_iterations=1)
+  return tf.reshape(out, [num] + images.shape[1:].as_list())
+
+
+def apply_params(clip, params, config: AugmentConfig = AugmentConfig()):
+  """Applies drawn params to a clip dict: image (T,H,W,3) uint8, intrinsics (T,3,3), and any of
+  joints2d (T,J,2), joints25d (T,J,3) (u, v moved by -offset; depth and 3D unchanged)."""
+  out = dict(clip)
+  out["image"] = translate_images(photometric(clip["image"], params, config), params["offset"])
+  matrix = translation_matrix(params["offset"])
+  # K_aug = A K (facts 3.7): cx, cy move with the image, so back-projection stays consistent.
+  out["intrinsics"] = tf.linalg.matmul(matrix, tf.cast(clip["intrinsics"], tf.float32))
+  shift = tf.cast(params["offset"], tf.float32)
+  if "joints2d" in clip:
+    out["joints2d"] = tf.cast(clip["joints2d"], tf.float32) - shift
+  if "joints25d" in clip:
+    j = tf.cast(clip["joints25d"], tf.float32)
+    out["joints25d"] = tf.concat([j[..., :2] - shift, j[..., 2:]], axis=-1)
+  return out
+
+
+def augment_clip(clip, key, config: AugmentConfig = AugmentConfig()):
+  """The reference's training augmentation of one clip, keyed by `key` ((2,) int seed)."""
+  shape = tf.shape(clip["image"])
+  width = clip["image"].shape[2] or shape[2]
+  return apply_params(clip, sample_params(key, shape[0], width, config), config)
