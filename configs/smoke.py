@@ -23,7 +23,7 @@ def get_config(arg=None):
   config.model.mlp_dim = 128
   config.model.num_joints = 21
   config.model.num_objects = 4
-  config.model.num_actions = 6
+  config.model.num_actions = 16  # The synthetic default: 4 verbs x 4 objects.
   if arg == "h2o":
     config.model.num_joints = 42
   config.learning_rate = 1e-4

@@ -61,8 +61,14 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.image_size = (270, 480)  # (H, W).
   config.dataset.spacing = 2
   config.dataset.host_sharding = "files"  # 'files' | 'batch'.
-  config.dataset.num_parallel_calls = 4
-  config.dataset.prefetch = 2
+  config.dataset.num_parallel_calls = 4  # tf.data threads (also its private thread pool size).
+  config.dataset.prefetch = 2  # Batches prepared ahead.
+  config.dataset.shuffle_buffer = 64  # Clips (still JPEG-encoded) in the shuffle buffer.
+  config.dataset.cycle_length = 4  # Shards read at once.
+  # The reference's augmentation amounts (facts 3.7); 0 disables an op.
+  config.dataset.augment = ml_collections.ConfigDict(dict(
+      brightness=0.5, contrast=0.5, saturation=0.5, hue=0.15, blur_radius=0.5,
+      center_jittering=0.1))
 
   config.init = ml_collections.ConfigDict()
   config.init.resnet_checkpoint = ""  # torchvision ResNet-18 ImageNet state_dict (.pth).
