@@ -1,0 +1,171 @@
+"""`train_and_evaluate(config, workdir)`: the training loop (big_vision / Flax ImageNet style).
+
+One batch: tf.data (this host's clips) -> global array sharded on 'data' (jit) or split per local
+device (pmap) -> compiled `steps.train_step` -> metrics (TensorBoard, train_metrics.jsonl, progress
+bar) -> Orbax checkpoint every `checkpoint_every_steps`, on preemption/SIGTERM and at the end.
+Resuming from `workdir/checkpoints` continues with the same data order and random streams.
+"""
+
+import json
+import os
+import signal
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+import htt_jax
+from htt_jax import checkpointing, config_lib, input_pipeline, parallel, steps
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+class _SigtermFlag:
+  """SIGTERM (what schedulers send before preemption) asks the loop to save and exit."""
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread: no handler, preemption still works through Orbax.
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def num_train_steps(config, steps_per_epoch: int) -> int:
+  return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+
+
+def _check_finite(step: int, metrics: dict) -> None:
+  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+  if bad:
+    raise NonFiniteLossError(f"step {step}: non-finite {', '.join(sorted(bad))} "
+                             f"({', '.join(f'{k}={metrics[k]}' for k in sorted(bad))}); training "
+                             "stopped, the last good checkpoint is kept")
+
+
+def _metadata(config, step: int, steps_per_epoch: int) -> dict:
+  return {"step": step, "epoch": step // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
+          "seed": config.seed, "htt_jax_version": htt_jax.__version__,
+          "config": json.loads(config.to_json_best_effort())}
+
+
+def _log_compiled(compiled, seconds: float) -> None:
+  logging.info("compiled the train step in %.1f s", seconds)
+  try:
+    memory = compiled.memory_analysis()
+    if memory is not None:
+      logging.info("train step memory per device: arguments %.1f MiB, outputs %.1f MiB, "
+                   "temporaries %.1f MiB", memory.argument_size_in_bytes / 2**20,
+                   memory.output_size_in_bytes / 2**20, memory.temp_size_in_bytes / 2**20)
+  except Exception as e:  # pylint: disable=broad-except  (not every backend reports it)
+    logging.info("no memory analysis on this backend (%s)", e)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from `workdir/checkpoints` if present); returns the last logged metrics."""
+  config_lib.validate_config(config, num_devices=jax.device_count())
+  manifest = input_pipeline.load_manifest(config.dataset.data_dir, "train", config)
+  steps_per_epoch = input_pipeline.steps_per_epoch(manifest, config.batch_size)
+  total_steps = num_train_steps(config, steps_per_epoch)
+  schedule = steps.learning_rate_schedule(config, steps_per_epoch)
+  is_main = jax.process_index() == 0
+  if not config.init.resnet_checkpoint:
+    logging.warning("config.init.resnet_checkpoint is empty: the ResNet-18 backbone starts from "
+                    "RANDOM weights, not ImageNet as in the paper")
+
+  mesh = parallel.create_mesh()
+  rng = jax.random.key(config.seed)
+  with jax.set_mesh(mesh):
+    state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch),
+                           parallel.replicated(mesh))
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                         config.checkpoint_every_steps, config.keep_checkpoints)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, metadata = restored
+    logging.info("resumed from step %d (%s)", int(state.step), ckpt.directory)
+  start_step = int(state.step)
+
+  batches = input_pipeline.train_batches(config, start_step=start_step)
+  if config.parallelism == "pmap":
+    train_step = parallel.make_pmap_train_step(config, schedule)
+    to_device = lambda b: parallel.split_for_pmap(b, jax.local_device_count())
+  else:
+    train_step = parallel.make_jit_train_step(config, mesh, schedule)
+    to_device = lambda b: parallel.global_batch(b, mesh)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  jsonl = open(os.path.join(workdir, "train_metrics.jsonl"), "a") if is_main else None
+  frames_per_step = config.batch_size * config.model.num_frames
+  last = {}
+  progress = _progress(start_step, total_steps, is_main)
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    with _SigtermFlag() as sigterm, jax.set_mesh(mesh):
+      for step in range(start_step + 1, total_steps + 1):
+        batch = to_device(next(batches))
+        if step == start_step + 1 and config.parallelism == "jit":
+          t0 = time.perf_counter()
+          train_step = train_step.lower(state, batch).compile()
+          _log_compiled(train_step, time.perf_counter() - t0)
+          window_start = time.perf_counter()
+        state, metrics = train_step(state, batch)
+        window_steps += 1
+        progress.update(1)
+        if step % config.log_every_steps == 0 or step == total_steps:
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          _check_finite(step, metrics)
+          elapsed = time.perf_counter() - window_start
+          metrics.update({
+              "frames_per_second_per_device": window_steps * frames_per_step / elapsed
+                                              / jax.device_count(),
+              "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+              "epoch": step / steps_per_epoch})
+          writer.write_scalars(step, metrics)
+          if jsonl:
+            jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+            jsonl.flush()
+          last = metrics
+          window_start, window_steps = time.perf_counter(), 0
+        stop = sigterm.received or ckpt.reached_preemption(step)
+        if ckpt.should_save(step) or step == total_steps or stop:
+          # Never save a state that a non-finite step produced.
+          _check_finite(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
+          paused = time.perf_counter()
+          ckpt.save(step, state, _metadata(config, step, steps_per_epoch))
+          window_start += time.perf_counter() - paused  # Throughput excludes checkpointing.
+        if stop:
+          logging.warning("stopping at step %d on %s; the checkpoint is saved",
+                          step, "SIGTERM" if sigterm.received else "preemption")
+          break
+  finally:
+    progress.close()
+    ckpt.close()
+    writer.flush()
+    if jsonl:
+      jsonl.close()
+  return last
+
+
+def _progress(start: int, total: int, enabled: bool):
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(total=total, initial=start, disable=not enabled, desc="train", unit="step",
+              dynamic_ncols=True)
