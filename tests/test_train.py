@@ -62,3 +62,39 @@ def test_non_finite_loss_stops_with_the_step_and_term(data_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path / "w"))
   # Nothing was saved from the bad state.
   assert not list((tmp_path / "w" / "checkpoints").glob("[0-9]*"))
+
+
+def test_evaluate_matches_an_independent_recomputation(data_dir, tmp_path):
+  import data_pipeline  # pylint: disable=g-import-not-at-top
+  from htt_jax import evaluate, inference, metrics  # pylint: disable=g-import-not-at-top
+  config = _config(data_dir, 2)
+  config.eval_batch_size = 3  # Does not divide the clip count: the last batch is padded.
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  out_dir = workdir / "eval" / "train"
+  report = evaluate.evaluate(config, str(workdir / "checkpoints"), str(out_dir), split="train")
+  with open(out_dir / "metrics.json") as f:
+    assert json.load(f) == pytest.approx(report)
+  for name in ("joints3d", "joints3d_cent"):
+    with np.load(out_dir / f"{name}.npz") as curve:
+      assert curve["x"][-1] == pytest.approx(8.0 if name == "joints3d" else 5.0)  # cm
+      assert curve["y"].shape == curve["x"].shape
+    assert (out_dir / f"{name}.png").stat().st_size > 1000
+
+  # The same numbers from read_clips + Predictor + metrics, with no tf.data batching involved.
+  clips = list(data_pipeline.read_clips(data_dir, "train"))
+  assert report["num_clips"] == len(clips)
+  predictor = inference.Predictor.from_checkpoint(config, str(workdir / "checkpoints"))
+  cat = lambda k: np.concatenate([c[k] for c in clips])
+  pred = predictor.predict({"images": cat("image"), "intrinsics": cat("intrinsics"),
+                            "not_padding": cat("not_padding")})
+  accuracy = metrics.video_accuracy(pred["action_probs"], [c["video_id"] for c in clips],
+                                    [int(c["action"]) for c in clips])
+  assert report["action_accuracy"] == pytest.approx(accuracy)
+  pose = metrics.pose_report(pred["joints3d"], cat("joints3d"), cat("not_padding"), "fpha")
+  for key, value in pose.items():
+    assert report[key] == pytest.approx(value, rel=1e-4), key
+  mean_pose = evaluate.mean_training_pose(config)
+  assert report["baseline_mean_pose_mepe_mm"] == pytest.approx(metrics.pose_report(
+      np.broadcast_to(mean_pose, cat("joints3d").shape), cat("joints3d"), cat("not_padding"),
+      "fpha")["mepe_mm"], rel=1e-6)

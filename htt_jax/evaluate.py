@@ -1,0 +1,139 @@
+"""Evaluation as the reference's eval.py (facts 4): shifting-window clips of a split, soft-voted
+action accuracy per video, object accuracy per frame, pose metrics in camera and root-aligned space
+(per hand for two-hand data), PCK curves as .npz (x in cm, y) and .png, and metrics.json.
+
+Outputs go to `<workdir>/eval/<split>/`: metrics.json, <evaluator>.npz and <evaluator>.png for the
+reference's evaluator names (joints3d, joints3d_cent; H2O left_/right_ prefixes), predictions.npz
+(per-clip action probabilities and video ids, for challenge exports).
+"""
+
+import json
+import os
+import tempfile
+from typing import Optional
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from jax.experimental import multihost_utils
+
+from data_pipeline import schema
+from htt_jax import checkpointing, config_lib, input_pipeline, metrics, parallel
+from htt_jax.models import build_model
+
+_MODEL_KEYS = ("image", "intrinsics", "not_padding")
+
+
+def _write_json_atomic(path: str, value) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+  with os.fdopen(fd, "w") as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def mean_training_pose(config) -> np.ndarray:
+  """(J, 3) mean camera-space pose over every stored training frame (annotations only)."""
+  manifest = input_pipeline.load_manifest(config.dataset.data_dir, "train", config)
+  files = input_pipeline.shard_paths(config.dataset.data_dir, manifest)
+  total, count = 0.0, 0
+  for joints in tf.data.TFRecordDataset(files).map(
+      lambda s: schema.parse_record(s)["joints3d"]).as_numpy_iterator():
+    total = total + joints.sum(axis=0)
+    count += joints.shape[0]
+  if not count:
+    raise ValueError(f"{input_pipeline.manifest_path(config.dataset.data_dir, 'train')}: no frames")
+  return total / count
+
+
+def _plot(path: str, name: str, x_cm: np.ndarray, y: np.ndarray, auc: float) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(4, 3.2), dpi=100)
+  ax.plot(x_cm, y, label=f"{name} (AUC {auc:.3f})")
+  ax.set_xlabel("threshold (cm)")
+  ax.set_ylabel("3D PCK")
+  ax.set_xticks(range(0, int(x_cm[-1]) + 1))
+  ax.set_ylim(0, 1)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def _predict_split(config, variables, split):
+  """Per-clip outputs of the whole split, gathered on every process, padding clips dropped."""
+  mesh = parallel.create_mesh()
+  model = build_model(config)
+  forward = jax.jit(lambda v, b: model.apply(v, *(b[k] for k in _MODEL_KEYS)),
+                    out_shardings=parallel.replicated(mesh))
+  keep = {"joints3d": [], "object_probs": [], "action_probs": []}
+  labels = {k: [] for k in ("joints3d", "not_padding", "object", "action", "hand_valid", "valid",
+                            "video_id")}
+  dataset = input_pipeline.create_dataset(config, split, train=False)
+  with jax.set_mesh(mesh):
+    variables = jax.device_put(variables, parallel.replicated(mesh))
+    for batch in dataset.as_numpy_iterator():
+      inputs = parallel.global_batch({k: batch[k] for k in _MODEL_KEYS}, mesh)
+      out = jax.device_get(forward(variables, inputs))
+      for k in keep:
+        keep[k].append(out[k])
+      local = {k: batch[k] for k in labels if k != "video_id"}
+      gathered = multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1 \
+          else local
+      for k, v in gathered.items():
+        labels[k].append(np.asarray(v))
+      ids = [v.decode() if isinstance(v, bytes) else str(v) for v in batch["video_id"]]
+      if jax.process_count() > 1:  # Strings cannot be all-gathered: use the per-batch video index.
+        ids = [str(int(i)) for i in multihost_utils.process_allgather(batch["video_index"],
+                                                                     tiled=True)]
+      labels["video_id"].append(np.asarray(ids))
+  result = {k: np.concatenate(v) for k, v in labels.items()}
+  result.update({f"pred_{k}": np.concatenate(v) for k, v in keep.items()})
+  valid = result.pop("valid") > 0
+  return {k: v[valid] for k, v in result.items()}
+
+
+def evaluate(config, checkpoint_dir: str, output_dir: str, split: str = "test",
+             step: Optional[int] = None) -> dict:
+  """Evaluates a checkpoint on a split; writes and returns metrics.json's content."""
+  config_lib.validate_config(config)
+  variables, ckpt_metadata = checkpointing.restore_variables(checkpoint_dir, step)
+  out = _predict_split(config, variables, split)
+  num_clips, t_clip = out["not_padding"].shape
+  flat = lambda x: x.reshape((num_clips * t_clip,) + x.shape[2:])
+  valid = flat(out["not_padding"])
+  hand_valid = flat(out["hand_valid"]) if out["hand_valid"].size else None
+  dataset_kind = "h2o" if config.model.num_joints == 42 else "fpha"
+
+  report = {"split": split, "num_clips": int(num_clips),
+            "num_videos": int(len(set(out["video_id"]))),
+            "checkpoint_step": ckpt_metadata.get("step", step)}
+  if (out["action"] >= 0).all():
+    report["action_accuracy"] = metrics.video_accuracy(out["pred_action_probs"], out["video_id"],
+                                                       out["action"])
+    report["object_accuracy"] = metrics.object_accuracy(flat(out["pred_object_probs"]),
+                                                        flat(out["object"]), valid)
+  else:
+    logging.info("split %s has no action labels: accuracy is not computed", split)
+  pred3d, gt3d = flat(out["pred_joints3d"]), flat(out["joints3d"])
+  report.update(metrics.pose_report(pred3d, gt3d, valid, dataset_kind, hand_valid))
+  mean_pose = mean_training_pose(config)
+  baseline = metrics.pose_report(np.broadcast_to(mean_pose, gt3d.shape), gt3d, valid,
+                                 dataset_kind, hand_valid)
+  report.update({f"baseline_mean_pose_{k}": v for k, v in baseline.items() if "mepe" in k})
+
+  if jax.process_index() == 0:
+    os.makedirs(output_dir, exist_ok=True)
+    for name, (thresholds, curve, _) in metrics.pose_curves(pred3d, gt3d, valid, dataset_kind,
+                                                            hand_valid).items():
+      x_cm = thresholds * 100.0
+      np.savez(os.path.join(output_dir, f"{name}.npz"), x=x_cm, y=curve)
+      _plot(os.path.join(output_dir, f"{name}.png"), name, x_cm, curve,
+            metrics.auc(curve, thresholds))
+    np.savez(os.path.join(output_dir, "predictions.npz"), video_id=out["video_id"],
+             action_probs=out["pred_action_probs"])
+    _write_json_atomic(os.path.join(output_dir, "metrics.json"), report)
+  return report
