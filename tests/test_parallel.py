@@ -25,9 +25,11 @@ def test_jit_and_pmap_agree_on_4_cpu_devices(normalization):
   # Same device count, two compilations: the same parameters.
   assert result["max_param_diff"]["jit4_vs_pmap4"] < 1e-5, result["max_param_diff"]
   # 1 vs 4 devices sum gradients in a different order. Adam normalises every element, so an element
-  # whose gradient is mostly cancellation noise can move differently (by less than lr per step);
-  # all but a handful of the 14M elements agree to 1e-5 (measured: ~4e-6 of them do not).
+  # whose gradient is mostly cancellation noise can move differently (Adam's step is at most ~lr,
+  # so by at most 2 lr per step); all but a few of the 14M elements agree to 1e-5 (measured:
+  # 4e-6 to 2e-5 of them do not).
+  bound = 2 * 3 * 1e-4  # 2 lr x 3 steps (smoke learning rate 1e-4)
   for mode in ("jit4", "pmap4"):
     assert result["frac_param_diff_over_1e-5"][mode] < 1e-4, result
-    assert result["max_param_diff"][mode] < 1e-4, result
+    assert result["max_param_diff"][mode] < bound, result
   assert result["max_param_change"] > 1e-4  # training did move the parameters
