@@ -1,0 +1,29 @@
+"""`make demo`: synthetic data -> train -> evaluate on held-out subjects -> metrics table.
+
+  python scripts/demo.py --workdir=runs/demo [--config=configs/synthetic.py] [--config.k=v ...]
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py"),
+    "Config file.", lock_config=True)
+flags.DEFINE_string("workdir", "runs/demo", "Run folder (data/, checkpoints/, eval/).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  from htt_jax import demo  # pylint: disable=g-import-not-at-top
+  config = FLAGS.config
+  if config.dataset.data_dir == "runs/demo/data":
+    with config.unlocked():
+      config.dataset.data_dir = os.path.join(FLAGS.workdir, "data")
+  demo.run_demo(config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
