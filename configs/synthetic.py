@@ -27,6 +27,7 @@ def get_config(arg=None):
   config.batch_size = 2
   config.eval_batch_size = 4
   config.learning_rate = 3e-4
+  config.init.calibrate_batch_norm = True  # No ImageNet statistics to freeze: measure them.
   config.num_train_steps = 400
   config.lr_decay_epochs = 1000  # No decay within the short run.
   config.log_every_steps = 20

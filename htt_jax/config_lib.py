@@ -73,6 +73,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.init = ml_collections.ConfigDict()
   config.init.resnet_checkpoint = ""  # torchvision ResNet-18 ImageNet state_dict (.pth).
   config.init.checkpoint = ""  # Orbax checkpoint to start from (e.g. a converted .pth).
+  # Measure the (then frozen) BatchNorm statistics on one training batch before step 1: for
+  # training without ImageNet weights only (steps.calibrate_batch_norm).
+  config.init.calibrate_batch_norm = False
   return config
 
 

@@ -76,6 +76,21 @@ def create_train_state(config, rng, steps_per_epoch: int, variables=None) -> Tra
                            tx=make_optimizer(config, steps_per_epoch))
 
 
+def calibrate_batch_norm(state: TrainState, batch, *, config) -> TrainState:
+  """Sets the backbone's BatchNorm statistics to those of `batch` (one forward pass).
+
+  The reference keeps BatchNorm statistics fixed at their ImageNet values. Without ImageNet weights
+  (the synthetic demo) the default statistics (mean 0, variance 1) normalise nothing, and a random
+  ResNet-18's activations grow layer by layer; measuring them once on training data, then keeping
+  them fixed as the reference does, restores a working normalisation.
+  """
+  model = build_model(config).clone(calibrate_batch_norm=True)
+  _, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                           batch["image"], batch["intrinsics"], batch["not_padding"],
+                           mutable=["batch_stats"])
+  return state.replace(batch_stats=updates["batch_stats"])
+
+
 def _forward(state, params, batch, return_attention=False):
   return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
                         batch["intrinsics"], batch["not_padding"], return_attention=return_attention)

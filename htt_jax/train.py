@@ -6,6 +6,7 @@ bar) -> Orbax checkpoint every `checkpoint_every_steps`, on preemption/SIGTERM a
 Resuming from `workdir/checkpoints` continues with the same data order and random streams.
 """
 
+import functools
 import json
 import os
 import signal
@@ -103,6 +104,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, metadata = restored
     logging.info("resumed from step %d (%s)", int(state.step), ckpt.directory)
   start_step = int(state.step)
+  if start_step == 0 and config.init.calibrate_batch_norm:
+    # A separate stream (seed + 1), so the training batches are those of a run without it.
+    batch = next(input_pipeline.train_batches(config, seed=config.seed + 1))
+    calibrate = jax.jit(functools.partial(steps.calibrate_batch_norm, config=config),
+                        out_shardings=parallel.replicated(mesh))
+    with jax.set_mesh(mesh):
+      state = calibrate(state, parallel.global_batch(batch, mesh))
+    logging.info("calibrated the BatchNorm statistics on %d clips", config.batch_size)
 
   batches = input_pipeline.train_batches(config, start_step=start_step)
   if config.parallelism == "pmap":

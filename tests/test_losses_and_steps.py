@@ -139,3 +139,22 @@ def test_batch_norm_statistics_never_change(smoke_config):
   step = jax.jit(functools.partial(steps.train_step, config=smoke_config))
   state, _ = step(state, random_batch(smoke_config))
   jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, state.batch_stats))
+
+
+def test_batch_norm_calibration_measures_the_batch(smoke_config):
+  from jax import lax  # pylint: disable=g-import-not-at-top
+  state = steps.create_train_state(smoke_config, jax.random.key(0), steps_per_epoch=10)
+  batch = random_batch(smoke_config)
+  calibrated = jax.jit(functools.partial(steps.calibrate_batch_norm, config=smoke_config))(
+      state, batch)
+  # bn1 sees conv1 of the normalised images: its statistics are that output's per-channel moments.
+  images = batch["image"].reshape((-1,) + batch["image"].shape[2:]).astype(np.float32) / 255 - 0.5
+  conv1 = lax.conv_general_dilated(images, state.params["backbone"]["conv1"]["kernel"], (2, 2),
+                                   ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  stats = calibrated.batch_stats["backbone"]["bn1"]
+  np.testing.assert_allclose(stats["mean"], conv1.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-5)
+  np.testing.assert_allclose(stats["var"], conv1.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-6)
+  # Parameters are untouched, and training afterwards keeps the statistics fixed.
+  jax.tree.map(np.testing.assert_array_equal, state.params, calibrated.params)
+  after, _ = jax.jit(functools.partial(steps.train_step, config=smoke_config))(calibrated, batch)
+  jax.tree.map(np.testing.assert_array_equal, calibrated.batch_stats, after.batch_stats)

@@ -93,6 +93,7 @@ class HTT(nn.Module):
   num_layers_action: int = 2
   dtype: Any = jnp.float32
   remat: bool = False
+  calibrate_batch_norm: bool = False  # See ResNet18; never set while training.
 
   @nn.compact
   def __call__(self, images, intrinsics, not_padding, return_attention: bool = False):
@@ -106,7 +107,8 @@ class HTT(nn.Module):
     not_padding = jnp.asarray(not_padding, jnp.float32)
 
     x = normalize_images(images).astype(self.dtype).reshape(n, height, width, channels)
-    features = ResNet18(dtype=self.dtype, remat=self.remat, name="backbone")(x)
+    features = ResNet18(dtype=self.dtype, remat=self.remat,
+                        calibrate_batch_norm=self.calibrate_batch_norm, name="backbone")(x)
     features = features.reshape(batch, frames, -1)
 
     pose_tokens, pose_attention = PoseBlock(

@@ -49,12 +49,16 @@ class ResNet18(nn.Module):
   num_classes: int = 1000  # Only for the unused `fc`, kept so checkpoints round-trip.
   dtype: Any = jnp.float32
   remat: bool = False  # Recompute each block in the backward pass: less activation memory.
+  # True only to (re)calibrate the frozen statistics (steps.calibrate_batch_norm): BatchNorm then
+  # normalises with the batch's statistics and stores them (momentum 0) as the running ones.
+  calibrate_batch_norm: bool = False
 
   @nn.compact
   def __call__(self, x):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=initializers.torch_conv_kernel)
-    norm = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.0, epsilon=1e-5,
+    norm = functools.partial(nn.BatchNorm, use_running_average=not self.calibrate_batch_norm,
+                             momentum=0.0, epsilon=1e-5,
                              dtype=self.dtype)
     block_cls: Callable[..., nn.Module] = nn.remat(BasicBlock) if self.remat else BasicBlock
 
