@@ -30,14 +30,13 @@ frames, ~T x 50 kB at 270x480), cycle_length (4 shards read at once), threadpool
 (num_parallel_calls), augment (a dict of augment.AugmentConfig fields, e.g. {'hue': 0}).
 """
 
-import json
 import os
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import schema
+from data_pipeline import schema, writer
 from htt_jax import augment
 
 # TF must not take accelerator memory from JAX (DESIGN.md); tensorflow-cpu has none, but a full
@@ -48,27 +47,19 @@ for _kind in ("GPU", "TPU"):
   except (RuntimeError, ValueError):
     pass
 
-MANIFEST_SUFFIX = ".manifest.json"
 _INT64_MAX = np.iinfo(np.int64).max
-
-
-def manifest_path(data_dir: str, split: str) -> str:
-  return os.path.join(data_dir, split + MANIFEST_SUFFIX)
+manifest_path = writer.manifest_path  # One manifest format: data_pipeline/writer.py writes it.
 
 
 def load_manifest(data_dir: str, split: str, config=None) -> Dict[str, Any]:
   """The split's manifest; with `config`, checks T, t, spacing, image size and joints against it."""
-  path = manifest_path(data_dir, split)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found (config.dataset.data_dir={data_dir!r}): prepare "
-                            f"the split {split!r} with scripts/prepare_data.py")
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get("format_version") != schema.SCHEMA_VERSION:
-    raise ValueError(f"{path}: format_version {manifest.get('format_version')} but this code reads "
-                     f"version {schema.SCHEMA_VERSION}; prepare the data again")
+  try:
+    manifest = writer.load_manifest(data_dir, split)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"{e} (config.dataset.data_dir={data_dir!r}); prepare the split with "
+                            "scripts/prepare_data.py") from None
   if config is not None:
-    check_manifest(manifest, config, path)
+    check_manifest(manifest, config, manifest_path(data_dir, split))
   return manifest
 
 
