@@ -22,7 +22,8 @@ $(STAMP): setup.cfg pyproject.toml
 
 # Tests that use PyTorch run in their own process: torch.optim imports triton, whose LLVM crashes
 # (segfault) when TensorFlow's is already loaded, as it is once a tf.data test has run.
-TORCH_TESTS := tests/test_import_torch.py tests/test_parity.py tests/test_torch_reference.py
+TORCH_TESTS := tests/test_import_torch.py tests/test_parity.py tests/test_torch_reference.py \
+  tests/test_benchmark_torch.py
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q $(TORCH_TESTS)

@@ -1,7 +1,8 @@
-"""Parity with PyTorch: a reference-style .pth of the independent PyTorch module (torch_reference.py,
-random weights) is converted by the importer, and the Flax model run on the same inputs agrees on
-every intermediate and every loss term (1e-4 relative to each array's scale; ResNet features 1e-3
-absolute), for FPHA heads at 270x480 and H2O heads at a smaller size, in float32.
+"""Parity with PyTorch: a reference-style .pth of the independent PyTorch module
+(htt_jax/baselines/torch_htt.py, random weights) is converted by the importer, and the Flax model
+run on the same inputs agrees on every intermediate and every loss term (1e-4 relative to each
+array's scale; ResNet features 1e-3 absolute), for FPHA heads at 270x480 and H2O heads at a
+smaller size, in float32.
 """
 
 import jax
@@ -12,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from conftest import load_config, random_batch  # noqa: E402
 from htt_jax import checkpointing, import_torch, losses  # noqa: E402
+from htt_jax.baselines import torch_htt as torch_reference  # noqa: E402
 from htt_jax.models import build_model  # noqa: E402
-import torch_reference  # noqa: E402
 
 OUTPUT_KEYS = ("pose_tokens", "raw_pose", "joints2d", "depth", "joints3d", "object_logits",
                "object_probs", "action_inputs", "action_tokens", "action_logits", "action_probs",

@@ -1,17 +1,14 @@
-"""Checks the PyTorch reference (tests/torch_reference.py) against the independent numbers of
+"""Checks the PyTorch reference (htt_jax/baselines/torch_htt.py) against the independent numbers of
 reference/htt_facts.md (sections 1, 2, 5). Skipped when torch is not installed."""
 import copy
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import torch_reference as ref  # noqa: E402
+from htt_jax.baselines import torch_htt as ref  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

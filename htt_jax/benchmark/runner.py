@@ -1,0 +1,90 @@
+"""`run_benchmark(config, mode, output)`: measures every setting of `config.sweep`, writes the rows.
+
+Config keys (configs/benchmark.py): the model and data keys of any config, plus `num_devices`
+(first N devices; 0 = all), `warmup_steps`, `timed_steps`, `sweep` (sweep.py), `baseline`
+('none' | 'torch') and `cpu_threads` (0 = every CPU of the process; N pins this process, and so
+the PyTorch baseline it starts, to N CPUs, so both frameworks use the same cores).
+All settings are validated before the first is measured; F.json is rewritten after each setting,
+so a long sweep that dies keeps what it measured.
+"""
+
+import datetime
+import gc
+import sys
+from typing import Any, Dict, List, Optional
+
+import jax
+from absl import logging
+
+from htt_jax import config_lib
+from htt_jax.benchmark import baseline, hardware, measure, report, sweep
+
+MODES = measure.MODES
+
+
+def _describe(config) -> Dict[str, Any]:
+  m = config.model
+  return {"batch_size": config.batch_size, "image_size": list(config.dataset.image_size),
+          "num_frames": m.num_frames, "window": m.window, "hidden_dim": m.hidden_dim,
+          "dtype": config.dtype, "parallelism": config.parallelism, "remat": bool(m.remat)}
+
+
+def prepare(config, overrides: Dict[str, Any]):
+  """The config of one setting, validated (for its device count) before anything is compiled."""
+  config = sweep.apply(config, overrides)
+  config.eval_batch_size = config.batch_size  # 'eval' runs the forward pass on batch_size clips.
+  devices = measure.resolve_devices(config.num_devices)
+  config_lib.validate_config(config, num_devices=len(devices))
+  baseline.check(config)
+  return config
+
+
+def _versions(rows_baseline: Optional[Dict[str, Any]]) -> Dict[str, Optional[str]]:
+  out = hardware.versions("jax", "jaxlib", "flax", "optax", "numpy")
+  tf = sys.modules.get("tensorflow")
+  if tf is not None:
+    out["tensorflow"] = tf.__version__
+  if rows_baseline:
+    out["torch"] = rows_baseline["torch_version"]
+  return out
+
+
+def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[str, Any]]:
+  """Measures each setting in `mode`; writes F.json, F.md and F.png when `output` is given."""
+  if mode not in MODES:
+    raise ValueError(f"--mode={mode!r} is not one of {list(MODES)}")
+  baseline.check(config)
+  cpu_threads = hardware.pin_cpus(config.cpu_threads)
+  settings = [(o, prepare(config, o)) for o in sweep.settings(config.sweep)]
+  common = {"cpu_threads": cpu_threads, "git_commit": hardware.git_commit(),
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds")}
+  baselines = baseline.BaselineRunner()
+  # Every process measures (collectives need them all); process 0 writes.
+  if jax.process_index() != 0:
+    output = None
+  json_path = report.output_paths(output)[0] if output else None
+  rows = []
+  for i, (overrides, setting) in enumerate(settings):
+    logging.info("benchmark %s, setting %d/%d: %s", mode, i + 1, len(settings),
+                 sweep.label(overrides))
+    row = {"mode": mode, "setting": sweep.label(overrides), "overrides": overrides,
+           **_describe(setting)}
+    row.update(measure.measure(setting, mode))
+    result = None
+    if setting.baseline == "torch" and mode in baseline.BASELINE_MODES:
+      result = baselines(setting, mode, row["num_devices"])
+      baseline.attach(row, result, setting, mode)
+    else:
+      row.update(baseline=None, baseline_variant=None, baseline_frames_per_second=None,
+                 speedup_vs_baseline=None)
+    row.update(common, versions=_versions(result))
+    rows.append(row)
+    logging.info("%s: %.1f frames/s (median step %.1f ms)", row["setting"],
+                 row["frames_per_second"], row["step_time_ms_median"])
+    if json_path:
+      report.write_json(rows, json_path)
+    gc.collect()  # Drop the last setting's device buffers before the next is compiled.
+  if output:
+    report.write_all(rows, output)
+  return rows

@@ -1,0 +1,174 @@
+"""The throughput benchmark on tiny settings: every mode writes well-formed rows, the table and the
+plot; the analytic FLOP count is checked by hand and against XLA's; sweeps and the peak table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, load_config
+from htt_jax.benchmark import flops, hardware, runner, sweep
+
+REQUIRED = ("mode", "frames_per_second", "step_time_ms_median", "step_time_ms_p90",
+            "compile_time_s", "device_kind", "num_devices", "clips_per_second",
+            "frames_per_second_per_device", "versions", "git_commit", "flops_per_frame_analytic",
+            "peak_memory_bytes_xla", "mfu", "speedup_vs_baseline")
+
+
+def tiny_config(**overrides):
+  """configs/benchmark.py:runlocal (72x128, B=1, T=t=16, 1 + 2 steps) with narrow heads."""
+  config = load_config("benchmark", "runlocal")
+  config.model.hidden_dim, config.model.num_heads, config.model.mlp_dim = 64, 4, 128
+  config.dataset.shuffle_buffer = 4
+  config.dataset.num_parallel_calls = 1
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def check_outputs(rows, output, mode, count):
+  with open(output) as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(rows)) and len(written) == count
+  for row in written:
+    assert set(REQUIRED) <= set(row), set(REQUIRED) - set(row)
+    assert row["mode"] == mode and row["num_devices"] == 1 and row["device_kind"]
+    assert row["frames_per_second"] > 0 and row["step_time_ms_p90"] >= row["step_time_ms_min"]
+    assert row["frames_per_second"] == pytest.approx(
+        row["batch_size"] * row["num_frames"] / row["step_time_ms_median"] * 1e3)
+    assert row["mfu"] is None and row["peak_tflops_per_device"] is None  # CPU: no peak rate
+    assert {"python", "jax", "jaxlib", "flax"} <= set(row["versions"])
+  stem = output[:-len(".json")]
+  with open(stem + ".md") as f:
+    table = f.read()
+  assert table.count("\n| ") == count + 1 and "frames/s" in table  # header + one line per row
+  with open(stem + ".png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- Analytic FLOPs -------------------------------------------------------------------------
+def test_conv_flops_by_hand():
+  # 3x3 conv, stride 1, pad 1, 4x4x2 -> 4x4x3: 16 outputs x 9 taps x 2 x 3 channels, x 2 FLOPs.
+  assert flops.conv_flops(4, 4, 2, 3, 3, 1, 1) == (2 * 16 * 9 * 2 * 3, 4, 4)
+  # Without the taps on the padding: per axis 2 + 3 + 3 + 2 = 10 taps, so 10 x 10 in 2-D.
+  assert flops.conv_flops(4, 4, 2, 3, 3, 1, 1, count_padding=False)[0] == 2 * 100 * 2 * 3
+  # The ResNet-18 stem at 224x224: 112 x 112 outputs, 64 filters of 7 x 7 x 3.
+  assert flops.resnet18_flops(224, 224)["conv1"] == 2 * 112 * 112 * 64 * 7 * 7 * 3
+  # The whole backbone at 224x224: torchvision's published 1.81 G multiply-adds.
+  assert sum(flops.resnet18_flops(224, 224).values()) / 2 == pytest.approx(1.814e9, rel=2e-3)
+  # One encoder layer, L=3, d=4, m=5: projections 4 L d^2, attention 2 L^2 d, MLP 2 L d m.
+  assert flops.encoder_layer_flops(3, 4, 5) == 2 * (4 * 3 * 16 + 2 * 9 * 4 + 2 * 3 * 4 * 5)
+  # A training step is forward + twice the forward, less the stem's input gradient.
+  config = tiny_config()
+  parts = flops.htt_forward_flops(config)
+  assert flops.htt_flops_per_clip(config, True) == 3 * sum(parts.values()) - parts["backbone_conv1"]
+
+
+def test_peak_table_and_device_names():
+  assert hardware.chip_name("NVIDIA H100 80GB HBM3") == "h100_sxm"
+  assert hardware.chip_name("NVIDIA H100 PCIe") == "h100_pcie"
+  assert hardware.chip_name("NVIDIA H200") == "h200_sxm"
+  assert hardware.chip_name("NVIDIA A100-SXM4-80GB") == "a100"
+  assert hardware.chip_name("TPU v5 lite") == "tpu_v5e"
+  assert hardware.chip_name("TPU v5") == "tpu_v5p"
+  assert hardware.chip_name("TPU v6 lite") == "tpu_v6e" and hardware.chip_name("TPU v4") == "tpu_v4"
+  assert hardware.peak_tflops("TPU v4", "bfloat16") == 275.0
+  assert hardware.peak_tflops("TPU v4", "float32") is None
+  assert hardware.peak_tflops("cpu", "float32") is None
+
+
+def test_sweep_is_a_typed_cartesian_product():
+  config = tiny_config()
+  config.lock()
+  spec = "batch_size=1,2;dataset.image_size=(96,160),(72,128);parallelism=jit,pmap;model.remat=True"
+  settings = sweep.settings(spec)
+  assert len(settings) == 8 and settings[0] == {
+      "batch_size": 1, "dataset.image_size": (96, 160), "parallelism": "jit", "model.remat": True}
+  assert settings[-1]["batch_size"] == 2 and settings[-1]["parallelism"] == "pmap"
+  applied = sweep.apply(config, settings[0])
+  assert applied.dataset.image_size == (96, 160) and config.dataset.image_size == (72, 128)
+  assert sweep.settings("") == [{}]
+  with pytest.raises(ValueError, match="'nope' is not a config key"):
+    sweep.apply(config, {"nope": 1})
+  with pytest.raises(ValueError, match="batch_size='x' has the wrong type"):
+    sweep.apply(config, {"batch_size": "x"})
+  with pytest.raises(ValueError, match="not of the form"):
+    sweep.parse_sweep("batch_size")
+
+
+# ---- Modes ----------------------------------------------------------------------------------
+def test_train_mode_and_xla_flops_match_the_analytic_count(tmp_path):
+  output = str(tmp_path / "train.json")
+  rows = runner.run_benchmark(tiny_config(), "train", output)
+  check_outputs(rows, output, "train", 1)
+  row = rows[0]
+  assert row["compile_time_s"] > 0 and row["peak_memory_bytes_xla"] > 0
+  # XLA counts only the kernel taps inside the image; so does the unpadded analytic count.
+  assert row["flops_per_frame_xla"] == pytest.approx(row["flops_per_frame_analytic_unpadded"],
+                                                     rel=0.1)
+  # The model count (taps on the padding too) is larger, by the share of padded taps.
+  assert row["flops_per_frame_analytic_unpadded"] < row["flops_per_frame_analytic"] < (
+      1.3 * row["flops_per_frame_xla"])
+
+
+def test_eval_mode_sweeps_batch_size_and_parallelism(tmp_path):
+  output = str(tmp_path / "eval.json")
+  rows = runner.run_benchmark(tiny_config(sweep="batch_size=1,2;parallelism=jit,pmap"), "eval",
+                              output)
+  check_outputs(rows, output, "eval", 4)
+  assert [(r["batch_size"], r["parallelism"]) for r in rows] == [
+      (1, "jit"), (1, "pmap"), (2, "jit"), (2, "pmap")]
+  assert rows[3]["setting"] == "batch_size=2 parallelism=pmap"
+  assert rows[3]["overrides"] == {"batch_size": 2, "parallelism": "pmap"}
+  for row in rows:  # The forward pass alone: a third of a training step's FLOPs, roughly.
+    assert row["flops_per_frame_xla"] == pytest.approx(
+        flops.htt_flops_per_frame(tiny_config(), False, count_padding=False), rel=0.1)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  from data_pipeline import synthetic, writer  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("synthetic")
+  source = synthetic.SyntheticConfig(seed=5, num_videos=2, frames=(40, 48), image_size=(72, 128))
+  writer.prepare_split(synthetic.iter_videos(source, "train"), str(out), "train", num_frames=16,
+                       window=16, spacing=2, vocabulary=synthetic.load_vocabulary(source),
+                       dataset_name="synthetic", image_size=(72, 128), progress=False)
+  return str(out)
+
+
+def test_input_mode_from_the_command_line(data_dir, tmp_path):
+  output = tmp_path / "input.json"
+  command = [sys.executable, str(ROOT / "scripts" / "benchmark.py"),
+             "--config=" + str(ROOT / "configs" / "benchmark.py") + ":runlocal", "--mode=input",
+             f"--output={output}", f"--config.dataset.data_dir={data_dir}",
+             "--config.dataset.shuffle_buffer=4", "--config.timed_steps=3"]
+  done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(output) as f:
+    (row,) = json.load(f)
+  assert set(REQUIRED) <= set(row), set(REQUIRED) - set(row)
+  assert row["mode"] == "input" and row["timed_steps"] == 3 and row["frames_per_second"] > 0
+  assert row["compile_time_s"] is None and row["flops_per_frame_xla"] is None
+  assert "tensorflow" in row["versions"]
+  assert (tmp_path / "input.md").exists() and (tmp_path / "input.png").exists()
+
+
+def test_end_to_end_mode(data_dir, tmp_path):
+  output = str(tmp_path / "e2e.json")
+  rows = runner.run_benchmark(tiny_config(**{"dataset.data_dir": data_dir}), "end_to_end", output)
+  check_outputs(rows, output, "end_to_end", 1)
+  assert rows[0]["first_batch_s"] > 0 and rows[0]["flops_per_frame_xla"] > 0
+
+
+def test_pipeline_modes_need_a_data_dir():
+  with pytest.raises(ValueError, match="set --config.dataset.data_dir"):
+    runner.run_benchmark(tiny_config(), "input")
+  with pytest.raises(ValueError, match="config.num_devices=64"):
+    runner.run_benchmark(tiny_config(num_devices=64), "train")
