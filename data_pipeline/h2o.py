@@ -115,6 +115,13 @@ def _segments(raw_dir: str, split: str) -> Tuple[str, List[Segment]]:
   return path, segments
 
 
+def split_segments(raw_dir: str, split: str) -> List[Segment]:
+  """The split file's segments in file order (id, sequence path, frame range; checked as above).
+
+  Challenge exports (htt_jax/h2o_export.py) use it to name frames by their sequence path."""
+  return _segments(raw_dir, split)[1]
+
+
 def _read_pose(path: str) -> Tuple[np.ndarray, np.ndarray]:
   """(42, 3) float64 metres and (2,) bool validity [left, right] of one hand_pose file."""
   try:

@@ -40,13 +40,18 @@ def restore_variables(directory: str, step: Optional[int] = None) -> tuple[Any, 
   """(variables, metadata) of `step` (default: the latest) in a checkpoint directory."""
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
+  import jax  # pylint: disable=g-import-not-at-top
   manager = _manager(directory, create=False, read_only=True)
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no finished checkpoint in {directory!r} (expected Orbax step "
                             "folders such as 0/ or 1000/)")
+  # Arrays come back with the sharding they were saved with (e.g. replicated over 4 devices of 2
+  # hosts); where those devices do not exist, as when evaluating a pod's run on one machine, they
+  # are loaded onto this process's first device instead.
+  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   restored = manager.restore(step, args=ocp.args.Composite(**{
-      VARIABLES: ocp.args.StandardRestore(),
+      VARIABLES: ocp.args.StandardRestore(fallback_sharding=fallback),
       METADATA: ocp.args.JsonRestore(),
   }))
   manager.close()

@@ -4,7 +4,8 @@ action accuracy per video, object accuracy per frame, pose metrics in camera and
 
 Outputs go to `<workdir>/eval/<split>/`: metrics.json, <evaluator>.npz and <evaluator>.png for the
 reference's evaluator names (joints3d, joints3d_cent; H2O left_/right_ prefixes), predictions.npz
-(per-clip action probabilities and video ids, for challenge exports).
+(per clip: video_id, action_probs (n_a,), and per frame frame_idx, not_padding, joints3d (J, 3) m
+predicted; what challenge exports need, see h2o_export.py).
 """
 
 import json
@@ -71,7 +72,7 @@ def _predict_split(config, variables, split):
                     out_shardings=parallel.replicated(mesh))
   keep = {"joints3d": [], "object_probs": [], "action_probs": []}
   labels = {k: [] for k in ("joints3d", "not_padding", "object", "action", "hand_valid", "valid",
-                            "video_id")}
+                            "video_index", "frame_idx")}
   dataset = input_pipeline.create_dataset(config, split, train=False)
   with jax.set_mesh(mesh):
     variables = jax.device_put(variables, parallel.replicated(mesh))
@@ -80,17 +81,16 @@ def _predict_split(config, variables, split):
       out = jax.device_get(forward(variables, inputs))
       for k in keep:
         keep[k].append(out[k])
-      local = {k: batch[k] for k in labels if k != "video_id"}
+      local = {k: batch[k] for k in labels}
       gathered = multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1 \
           else local
       for k, v in gathered.items():
         labels[k].append(np.asarray(v))
-      ids = [v.decode() if isinstance(v, bytes) else str(v) for v in batch["video_id"]]
-      if jax.process_count() > 1:  # Strings cannot be all-gathered: use the per-batch video index.
-        ids = [str(int(i)) for i in multihost_utils.process_allgather(batch["video_index"],
-                                                                     tiled=True)]
-      labels["video_id"].append(np.asarray(ids))
   result = {k: np.concatenate(v) for k, v in labels.items()}
+  # Strings cannot be all-gathered: ids come from the manifest, by position in the split, so that
+  # every process count gives the same ids (those of the source, e.g. 'test/0042' for H2O).
+  ids = input_pipeline.load_manifest(config.dataset.data_dir, split)["videos"]["ids"]
+  result["video_id"] = np.asarray([ids[i] for i in result.pop("video_index")])
   result.update({f"pred_{k}": np.concatenate(v) for k, v in keep.items()})
   valid = result.pop("valid") > 0
   return {k: v[valid] for k, v in result.items()}
@@ -134,6 +134,7 @@ def evaluate(config, checkpoint_dir: str, output_dir: str, split: str = "test",
       _plot(os.path.join(output_dir, f"{name}.png"), name, x_cm, curve,
             metrics.auc(curve, thresholds))
     np.savez(os.path.join(output_dir, "predictions.npz"), video_id=out["video_id"],
-             action_probs=out["pred_action_probs"])
+             action_probs=out["pred_action_probs"], frame_idx=out["frame_idx"],
+             not_padding=out["not_padding"], joints3d=out["pred_joints3d"].astype(np.float32))
     _write_json_atomic(os.path.join(output_dir, "metrics.json"), report)
   return report

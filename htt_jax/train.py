@@ -28,13 +28,23 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class _SigtermFlag:
-  """SIGTERM (what schedulers send before preemption) asks the loop to save and exit."""
+  """SIGTERM (what schedulers send before preemption) asks the loop to save and exit.
 
-  def __init__(self):
+  Only for a single process. With several, `jax.distributed.initialize` has installed JAX's
+  preemption notifier, which catches SIGTERM and lets every process agree on one step to stop at
+  (Orbax's `reached_preemption`). A Python handler would replace that notifier: each process would
+  then stop at whatever step it saw its own signal, and the others would wait forever in the next
+  collective (or in the checkpoint's barriers).
+  """
+
+  def __init__(self, enabled: bool = True):
+    self.enabled = enabled
     self.received = False
     self._previous = None
 
   def __enter__(self):
+    if not self.enabled:
+      return self
     try:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # Not the main thread: no handler, preemption still works through Orbax.
@@ -128,7 +138,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   progress = _progress(start_step, total_steps, is_main)
   window_start, window_steps = time.perf_counter(), 0
   try:
-    with _SigtermFlag() as sigterm, jax.set_mesh(mesh):
+    with _SigtermFlag(enabled=jax.process_count() == 1) as sigterm, jax.set_mesh(mesh):
       for step in range(start_step + 1, total_steps + 1):
         batch = to_device(next(batches))
         if step == start_step + 1 and config.parallelism == "jit":

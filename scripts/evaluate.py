@@ -4,7 +4,11 @@
       --config.dataset.data_dir=/data/fpha_tfrecords
 
 Reads <workdir>/checkpoints (or --checkpoint_dir), writes <workdir>/eval/<split>/metrics.json,
-PCK curves (.npz with x in cm and y, and .png) and predictions.npz.
+PCK curves (.npz with x in cm and y, and .png) and predictions.npz. With --h2o_export, also the
+H2O challenge submissions in <workdir>/eval/<split>/h2o/ (htt_jax/h2o_export.py):
+
+  python scripts/evaluate.py --config=configs/h2o.py --workdir=runs/h2o --split=test \
+      --config.dataset.data_dir=/data/h2o_tfr --h2o_export --h2o_raw_dir=/data/h2o
 """
 
 import json
@@ -18,17 +22,28 @@ flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ inside; eva
 flags.DEFINE_string("checkpoint_dir", None, "Checkpoint directory; default <workdir>/checkpoints.")
 flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
 flags.DEFINE_string("split", "test", "Split to evaluate.")
+flags.DEFINE_bool("h2o_export", False, "Also write the H2O challenge submissions (action labels; "
+                  "hand poses with --h2o_raw_dir) to <workdir>/eval/<split>/h2o/.")
+flags.DEFINE_string("h2o_raw_dir", None, "Raw H2O folder: its action_labels/action_<split>.txt "
+                    "names each frame of the hand pose submission.")
+flags.DEFINE_string("h2o_modality", "RGB", "The action submission's 'modality' entry.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
 
 def main(argv):
   del argv
-  from htt_jax import evaluate  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from htt_jax import evaluate, h2o_export  # pylint: disable=g-import-not-at-top
   checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(FLAGS.workdir, "checkpoints")
   output_dir = os.path.join(FLAGS.workdir, "eval", FLAGS.split)
   report = evaluate.evaluate(FLAGS.config, checkpoint_dir, output_dir, FLAGS.split, FLAGS.step)
   print(json.dumps(report, indent=2, sort_keys=True))
+  if FLAGS.h2o_export and jax.process_index() == 0:  # predictions.npz is written by process 0.
+    written = h2o_export.export(os.path.join(output_dir, "predictions.npz"),
+                                os.path.join(output_dir, "h2o"), FLAGS.h2o_raw_dir, FLAGS.split,
+                                FLAGS.h2o_modality)
+    print("\n".join(f"wrote {path}" for path in sorted(written.values())))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,72 @@
+"""Running training processes from tests: deadlines, clean kills, and reading what they wrote."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from conftest import ROOT
+
+
+def env_for(compile_cache: str, devices: int = 0) -> dict:
+  """The environment of a test's training processes: CPU only, quiet TF, and one persistent XLA
+  cache shared by them (the same programs then compile once per test module)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+             JAX_COMPILATION_CACHE_DIR=compile_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  if devices:  # scripts/train.py takes the CPU device count from XLA_FLAGS.
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
+                        + f" --xla_force_host_platform_device_count={devices}").strip()
+  return env
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(commands, logs, env, timeout, while_running=None, stop_on_failure=True):
+  """Runs the commands together (output to `logs`); returns their exit codes.
+
+  `while_running(procs)` is called every 0.2 s. On the deadline (TimeoutError), or as soon as one
+  fails when `stop_on_failure` (the others would wait for it in a collective), every process still
+  running is killed with its process group; nothing outlives the call.
+  """
+  procs = []
+  try:
+    for command, log in zip(commands, logs):
+      with open(log, "w") as f:
+        procs.append(subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                      cwd=ROOT, start_new_session=True))
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+      if stop_on_failure and any(p.returncode not in (None, 0) for p in procs):
+        break
+      if time.monotonic() > deadline:
+        raise TimeoutError(f"processes still running after {timeout} s; logs: {logs}")
+      if while_running:
+        while_running(procs)
+      time.sleep(0.2)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+  return [p.returncode for p in procs]
+
+
+def tail(path, chars: int = 3000) -> str:
+  with open(path) as f:
+    return f.read()[-chars:]
+
+
+def read_metrics(workdir) -> list:
+  """The complete lines of workdir/train_metrics.jsonl so far ([] before the first)."""
+  path = os.path.join(workdir, "train_metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.endswith("\n")]
