@@ -1,13 +1,19 @@
 """tf.data input pipeline: TFRecord windows -> clips -> decoded (and augmented) host batches.
 
-Training (the reference's epoch, facts 3.4): every training clip start exactly once per epoch.
-Per epoch e: this reader's shards in a seeded random order, read 'cycle_length' at a time; each
-record (one storage window, data_pipeline/schema.py) is expanded into its num_train_offsets clips,
-offsets in a seeded random order, cut while the frames are still encoded; a shuffle buffer over
-clips; batches with the reference's drop_last, per epoch. Only then are the T frames of each kept
-clip decoded and augmented (augment.py), so skipping (resume) and the other processes' rows cost
-no decoding. All randomness is keyed by (seed, epoch, batch, row): the data is a function of the
-seed and the step, and resuming at a step replays the same batches.
+Training (the reference's epoch, facts 3.4): every training clip start exactly once per epoch,
+in an order as mixed as the reference's shuffled DataLoader. A record (one storage window,
+data_pipeline/schema.py) holds up to t training offsets of one video; emitting them one after the
+other would fill batches with near-identical clips of one video for many steps (a shuffle buffer
+cannot undo runs of t), and the model then chases the latest video instead of learning. So an
+epoch is t passes over the records: each record has a seeded random permutation of its offsets,
+and pass k cuts every record that has one at its k-th offset. Each pass reads this reader's
+shards in a seeded random order, 'cycle_length' at a time, through a shuffle buffer of records;
+consecutive clips therefore come from different videos. Reading a record per clip costs
+(T+t-1)/T of the frames a clip needs, still encoded. Batches have the reference's drop_last, per
+epoch. Only then are the T frames of each kept clip decoded and augmented (augment.py), so
+skipping (resume) and the other processes' rows cost no decoding. All randomness is keyed by
+(seed, epoch, batch, row): the data is a function of the seed and the step, and resuming at a
+step replays the same batches.
 
 Host sharding (config.dataset.host_sharding):
   'batch': every process reads all shards in the same order and keeps rows
@@ -25,8 +31,8 @@ Batch keys: image (B,T,H,W,3) uint8; intrinsics (B,T,3,3), not_padding (B,T), jo
 action (B,), video_index (B,), start_frame (B,) (raw frame number), frame_idx (B,T) int32.
 Evaluation adds valid (B,) float32 and video_id (B,) bytes (drop it before device transfer).
 
-Optional config.dataset keys (defaults here): shuffle_buffer (clips, 64: each holds T encoded
-frames, ~T x 50 kB at 270x480), cycle_length (4 shards read at once), threadpool_size
+Optional config.dataset keys (defaults here): shuffle_buffer (records, 64: each holds up to
+T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (4 shards read at once), threadpool_size
 (num_parallel_calls), augment (a dict of augment.AugmentConfig fields, e.g. {'hue': 0}).
 """
 
@@ -129,13 +135,13 @@ def _int_seed(key):
   return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
 
 
-def _record_clips(record, num_frames: int, key):
-  """The training clips of one record (offsets in a random order), images still encoded."""
+def _kth_offset(record, k, key):
+  """The k-th of the record's training offsets in its (per-epoch) random order: over the passes
+  k = 0 .. num_train_offsets - 1 every offset comes exactly once."""
   rkey = augment.fold_key(key, record["video_index"], record["parity"], record["block"])
   offsets = tf.random.experimental.stateless_shuffle(
       tf.range(tf.cast(record["num_train_offsets"], tf.int32)), rkey)
-  return tf.data.Dataset.from_tensor_slices(offsets).map(
-      lambda m: schema.cut_clip(record, m, num_frames))
+  return offsets[k]
 
 
 def _finalize(clip, train: bool):
@@ -208,7 +214,7 @@ def _train_dataset(config, files, manifest, index, count, seed, start_step, num_
   else:
     raise ValueError(f"config.dataset.host_sharding={mode!r} is not one of ['files', 'batch']")
   base = tf.constant([seed, stream], tf.int64)
-  num_frames = config.model.num_frames
+  num_frames, window = config.model.num_frames, config.model.window  # At most t offsets a record.
   buffer = int(config.dataset.get("shuffle_buffer", 64))
   cycle = min(len(files), int(config.dataset.get("cycle_length", 4)))
   files_t = tf.constant(files)
@@ -222,14 +228,22 @@ def _train_dataset(config, files, manifest, index, count, seed, start_step, num_
                                    row], axis=1)
     return batch
 
-  def epoch_batches(epoch):
-    key = augment.fold_key(base, epoch)
-    order = tf.random.experimental.stateless_shuffle(files_t, augment.fold_key(key, 1))
+  def offset_pass(key, k):
+    """Pass k of an epoch: every record with more than k offsets gives its k-th clip."""
+    pass_key = augment.fold_key(key, 1, k)
+    order = tf.random.experimental.stateless_shuffle(files_t, pass_key)
     records = tf.data.Dataset.from_tensor_slices(order).interleave(
         tf.data.TFRecordDataset, cycle_length=cycle, block_length=1)
-    clips = records.map(schema.parse_record).flat_map(
-        lambda r: _record_clips(r, num_frames, augment.fold_key(key, 2)))
-    clips = clips.shuffle(buffer, seed=_int_seed(augment.fold_key(key, 3)))
+    records = records.map(schema.parse_record).filter(
+        lambda r: tf.cast(r["num_train_offsets"], tf.int32) > tf.cast(k, tf.int32))
+    records = records.shuffle(buffer, seed=_int_seed(augment.fold_key(pass_key, 3)))
+    offsets_key = augment.fold_key(key, 2)  # The same for every pass of the epoch.
+    return records.map(lambda r: schema.cut_clip(r, _kth_offset(r, tf.cast(k, tf.int32),
+                                                                offsets_key), num_frames))
+
+  def epoch_batches(epoch):
+    key = augment.fold_key(base, epoch)
+    clips = tf.data.Dataset.range(window).flat_map(lambda k: offset_pass(key, k))
     batches = clips.batch(read_batch, drop_remainder=True).enumerate()
     return batches.map(lambda b, batch: tag(epoch, b, batch))
 

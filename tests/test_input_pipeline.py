@@ -336,6 +336,21 @@ def test_epoch_covers_each_training_start_once(data_dir):
     assert np.all(frames[valid == 0] == frames[valid == 1][-1])
 
 
+def test_consecutive_clips_come_from_different_records(data_dir):
+  """A record holds up to t clips of one video; the epoch must not emit them as a run (batches of
+  near-identical clips), but one clip per record per pass, as a globally shuffled epoch would."""
+  # A small buffer: the mixing must come from the pass structure, not from buffering a whole epoch.
+  config = make_config(data_dir, batch_size=1, **{"dataset.shuffle_buffer": 4})
+  epoch = take(config, 100, num_epochs=1)
+  # Training start = block * T * spacing + offset * spacing + parity (facts 3.4).
+  records = [(int(b["video_index"][0]), int(b["start_frame"][0]) // (T * SPACING),
+              int(b["start_frame"][0]) % SPACING) for b in epoch]
+  num_records = len(set(records))
+  assert len(set(records[:num_records])) == num_records  # the first pass: every record once
+  # Only where one pass ends and the next begins can a record follow itself.
+  assert sum(a == b for a, b in zip(records, records[1:])) <= WIN - 1
+
+
 def test_training_without_augmentation_gives_the_stored_frames(data_dir):
   off = dict(brightness=0, contrast=0, saturation=0, hue=0, blur_radius=0, center_jittering=0)
   config = make_config(data_dir, **{"dataset.augment": off})
