@@ -88,7 +88,7 @@ def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 95) -
 
 
 @dataclasses.dataclass(frozen=True)
-class _Options:
+class RecordOptions:
   num_frames: int
   window: int
   spacing: int
@@ -105,7 +105,7 @@ def _load_frame(video: Video, position: int, image_size) -> np.ndarray:
   return image
 
 
-def _video_records(video: Video, video_index: int, opts: _Options, progress):
+def video_records(video: Video, video_index: int, opts: RecordOptions, progress):
   """Serialized records of one video's windows, each frame loaded and encoded once."""
   windows = windowing.storage_windows(len(video), opts.num_frames, opts.window, opts.spacing)
   cache: Dict[int, bytes] = {}
@@ -134,7 +134,7 @@ def _video_records(video: Video, video_index: int, opts: _Options, progress):
     progress(loaded)
 
 
-def _write_shard(path: str, videos: Sequence[Tuple[int, Video]], opts: _Options,
+def _write_shard(path: str, videos: Sequence[Tuple[int, Video]], opts: RecordOptions,
                  progress=None) -> Dict[str, int]:
   """Writes one shard (temporary name, then rename). Runs in a worker or in this process."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -143,7 +143,7 @@ def _write_shard(path: str, videos: Sequence[Tuple[int, Video]], opts: _Options,
   records = stored = 0
   with tf.io.TFRecordWriter(temporary) as writer:
     for video_index, video in videos:
-      for record in _video_records(video, video_index, opts, progress):
+      for record in video_records(video, video_index, opts, progress):
         writer.write(record)
         records += 1
       stored += windowing.stored_frames(len(video), opts.num_frames, opts.window, opts.spacing)
@@ -164,7 +164,7 @@ def _report_progress(frames: int) -> None:
     _PROGRESS_QUEUE.put(frames)
 
 
-def _vocabulary_json(vocabulary) -> Dict[str, List[str]]:
+def vocabulary_json(vocabulary) -> Dict[str, List[str]]:
   """Accepts a mapping or an object with `actions` and `objects`, or an (actions, objects) pair."""
   if vocabulary is None:
     return {"actions": [], "objects": []}
@@ -186,7 +186,7 @@ def _write_json(path: str, value) -> None:
   os.replace(temporary, path)
 
 
-def _check_videos(videos: List[Video], image_size) -> Tuple[Tuple[int, int], int, int]:
+def check_videos(videos: List[Video], image_size) -> Tuple[Tuple[int, int], int, int]:
   """Validates every video; returns (image_size, num_joints, num_hands), equal for all videos."""
   seen = set()
   first = videos[0]
@@ -245,7 +245,7 @@ def _check_existing(output_dir: str, split: str, config: Mapping,
   return plan, manifest
 
 
-def _make_plan(videos: List[Video], opts: _Options, shard_bytes: float,
+def _make_plan(videos: List[Video], opts: RecordOptions, shard_bytes: float,
                min_shards: int) -> List[List[str]]:
   """Packs videos, in order, into shards of about shard_bytes (estimated, see module doc)."""
   picks = sorted(set(np.linspace(0, len(videos) - 1, min(_SAMPLE_VIDEOS, len(videos)))
@@ -269,7 +269,7 @@ def _make_plan(videos: List[Video], opts: _Options, shard_bytes: float,
   return shards
 
 
-def _run_shards(tasks: List[Tuple[int, str, list]], opts: _Options, num_workers: int,
+def _run_shards(tasks: List[Tuple[int, str, list]], opts: RecordOptions, num_workers: int,
                 total_frames: int, progress: bool, split: str) -> Dict[int, Dict[str, int]]:
   """Writes the shards of `tasks` with worker processes (or here); returns stats per shard."""
   bar = tqdm.tqdm(total=total_frames, unit="frame", desc=f"{split} frames", disable=not progress,
@@ -329,12 +329,12 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
   if image_format not in ("jpeg", "png"):
     raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
   if videos:
-    image_size, num_joints, num_hands = _check_videos(videos, image_size)
+    image_size, num_joints, num_hands = check_videos(videos, image_size)
   elif image_size is None:
     raise ValueError(f"split {split!r} has no videos and no image_size was given")
   else:
     image_size, num_joints, num_hands = tuple(int(x) for x in image_size), 0, 0
-  opts = _Options(num_frames, window, spacing, image_size, image_format,
+  opts = RecordOptions(num_frames, window, spacing, image_size, image_format,
                   jpeg_quality if image_format == "jpeg" else None)
   config = {"format_version": schema.SCHEMA_VERSION, "dataset": dataset_name,
             "num_frames": num_frames, "window": window, "spacing": spacing,
@@ -384,7 +384,7 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
   bytes_total = sum(s["bytes"] for s in shards)
   manifest = dict(
       config, split=split, num_joints=num_joints, num_hands=num_hands,
-      vocabulary=_vocabulary_json(vocabulary),
+      vocabulary=vocabulary_json(vocabulary),
       videos={"count": len(videos), "ids": video_ids},
       clips={"train": clips[0], "eval": clips[1]},
       frames={"raw": int(sum(len(v) for v in videos)), "stored": stored_total},

@@ -2,7 +2,7 @@
 
 One TFDS example = one storage window (data_pipeline/schema.py): up to T + t - 1 sub-sampled
 frames of one video, every training clip of its block cut at read time. The examples are made by
-the writer's own code (`writer._video_records` -> `schema.make_example`) and then handed to TFDS
+the writer's own code (`writer.video_records` -> `schema.make_example`) and then handed to TFDS
 field by field, so they cannot drift from what `scripts/prepare_data.py` writes.
 
 Why a FeaturesDict of plain tensors and not the records as opaque bytes: TFDS serializes each
@@ -51,14 +51,12 @@ VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": f"Storage windows of data_pipeline/schema.py version "
                           f"{schema.SCHEMA_VERSION}."}
 _KEY_SPACE = 2 ** 128  # TFDS's shuffler packs keys into 128 bits.
-# The writer's own pieces (private to data_pipeline, borrowed on purpose): a record, its settings,
-# the video checks and the vocabulary format have one implementation, the writer's.
-# pylint: disable=protected-access
-_RecordOptions = writer._Options
-_video_records = writer._video_records
-_check_videos = writer._check_videos
-_vocabulary_json = writer._vocabulary_json
-# pylint: enable=protected-access
+# The writer's own pieces: a record, its settings, the video checks and the vocabulary format have
+# one implementation, the writer's.
+_RecordOptions = writer.RecordOptions
+_video_records = writer.video_records
+_check_videos = writer.check_videos
+_vocabulary_json = writer.vocabulary_json
 
 
 @dataclasses.dataclass(eq=False)
