@@ -2,7 +2,7 @@
 
 Differences from a textbook Flax ResNet, each needed to match the PyTorch checkpoints:
 - explicit symmetric padding (Flax 'SAME' pads stride-2 convolutions asymmetrically on even sizes);
-- max-pool padding is -inf (Flax's `max_pool` pads with the reduction's identity, -inf);
+- max-pool padding is -inf (as Flax's `max_pool`, the reduction's identity; models/pooling.py);
 - BatchNorm always normalises with its stored running statistics (the reference sets momentum 0 and
   keeps the model in eval mode even while training), while scale and bias stay trainable;
 - features are the spatial mean of layer4; `fc` exists (it is in the checkpoints) but feeds nothing.
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from htt_jax.models import initializers
+from htt_jax.models.pooling import max_pool_3x3_s2
 
 ModuleDef = Any
 
@@ -64,7 +65,7 @@ class ResNet18(nn.Module):
 
     x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
     x = nn.relu(norm(name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
+    x = max_pool_3x3_s2(x)  # nn.max_pool's values, a cheaper gradient on CPU (pooling.py)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
