@@ -54,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.num_objects = 26
   config.model.num_actions = 45
   config.model.remat = False
+  # 'frozen': the reference (BatchNorm statistics never change). 'batch': training normalises with
+  # the global batch's statistics and keeps running averages (momentum) for evaluation; for
+  # training from random weights, where frozen statistics let Adam blow the activations up.
+  config.model.batch_norm = "frozen"
+  config.model.batch_norm_momentum = 0.9
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "fpha"
@@ -103,6 +108,10 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _choice(config, "loss_normalization", ("clip", "frame"))
   _choice(config, "loss.pose_loss", ("l1", "l2"))
   _choice(config, "dataset.host_sharding", ("files", "batch"))
+  _choice(config, "model.batch_norm", ("frozen", "batch"))
+  if not 0.0 <= config.model.batch_norm_momentum < 1.0:
+    raise ValueError(f"config.model.batch_norm_momentum={config.model.batch_norm_momentum} must "
+                     "be in [0, 1)")
   for key in ("batch_size", "learning_rate", "log_every_steps", "checkpoint_every_steps",
               "model.num_frames", "model.window", "model.hidden_dim", "model.num_heads",
               "model.mlp_dim", "model.num_layers_pose", "model.num_layers_action",

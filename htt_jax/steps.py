@@ -25,7 +25,8 @@ MODEL_INPUTS = ("image", "intrinsics", "not_padding")
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, Adam state and the BatchNorm statistics (constants: facts 1.1)."""
+  """Parameters, Adam state and the BatchNorm statistics (constants as in the reference, facts 1.1,
+  unless config.model.batch_norm='batch')."""
   batch_stats: Any = None
 
 
@@ -99,17 +100,30 @@ def _forward(state, params, batch, return_attention=False):
 def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_name=None):
   """One Adam step on the batch; returns (new_state, metrics) with every loss term."""
 
-  def loss_fn(params):
-    outputs = _forward(state, params, batch)
-    terms = losses_lib.losses_from_config(outputs, batch, config, axis_name=axis_name)
-    return terms["loss/total"], terms
+  batch_statistics = config.model.get("batch_norm", "frozen") == "batch"
+  if batch_statistics:
+    # BatchNorm over the global batch: under pmap its statistics are averaged over `axis_name`
+    # (equal clips per device, so that is the global mean); under jit the batch is global already.
+    model = build_model(config).clone(batch_norm_axis_name=axis_name)
 
-  grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+  def loss_fn(params):
+    if batch_statistics:
+      outputs, updates = model.apply(
+          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
+          batch["intrinsics"], batch["not_padding"], train=True, mutable=["batch_stats"])
+    else:
+      outputs, updates = _forward(state, params, batch), {}
+    terms = losses_lib.losses_from_config(outputs, batch, config, axis_name=axis_name)
+    return terms["loss/total"], (terms, updates)
+
+  grads, (terms, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
   if axis_name is not None:
     # Each device differentiated its share of the global loss: the sum is the global gradient.
     grads = lax.psum(grads, axis_name)
     terms = lax.psum(terms, axis_name)
   new_state = state.apply_gradients(grads=grads)
+  if batch_statistics:
+    new_state = new_state.replace(batch_stats=updates["batch_stats"])
   metrics = dict(terms)
   metrics["loss"] = terms["loss/total"]
   if learning_rate_fn is not None:

@@ -22,14 +22,16 @@ def main():
   config.model.num_frames = 16
   config.batch_size = 4
   config.loss_normalization = sys.argv[1] if len(sys.argv) > 1 else "clip"
+  config.model.batch_norm = sys.argv[2] if len(sys.argv) > 2 else "frozen"
   # Adam divides by sqrt(v) + eps: a parameter whose true gradient is zero (the attention key bias:
   # softmax ignores a constant added to every key) gets an update of about lr * noise / |noise|
   # from the summation-order noise of its gradient, which differs between device counts. A larger
   # eps keeps such noise (~1e-10) from being amplified without changing real updates.
   config.adam_eps = 1e-6
   assert jax.device_count() == 4
+  num_steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3
   batches = [random_batch(config, batch_size=4, seed=s, valid_frames=[16, 5, 9, 16])
-             for s in range(3)]
+             for s in range(num_steps)]
   schedule = steps.learning_rate_schedule(config, 10)
   # A host copy: the jitted step donates its input state.
   init = jax.device_get(steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10))
@@ -43,13 +45,13 @@ def main():
       for batch in batches:
         state, metrics = step(state, parallel.global_batch(batch, mesh))
         losses.append({k: float(v) for k, v in metrics.items()})
-    results[name] = (losses, jax.device_get(state.params))
+    results[name] = (losses, jax.device_get(state.params), jax.device_get(state.batch_stats))
   step = parallel.make_pmap_train_step(config, schedule)
   state, losses = init, []
   for batch in batches:
     state, metrics = step(state, parallel.split_for_pmap(batch, 4))
     losses.append({k: float(v) for k, v in metrics.items()})
-  results["pmap4"] = (losses, jax.device_get(state.params))
+  results["pmap4"] = (losses, jax.device_get(state.params), jax.device_get(state.batch_stats))
 
   out = {"losses": {k: v[0] for k, v in results.items()}}
   leaves = {k: jax.tree.leaves(v[1]) for k, v in results.items()}
@@ -66,6 +68,12 @@ def main():
     a, b = flatten_dict(results["jit1"][1]), flatten_dict(results["jit4"][1])
     diffs = sorted(((float(np.max(np.abs(a[k] - b[k]))), "/".join(k)) for k in a), reverse=True)
     print(diffs[:8], file=sys.stderr)
+  stats = {k: jax.tree.leaves(v[2]) for k, v in results.items()}
+  out["max_stats_rel_diff"] = {k: max(float(np.max(np.abs(a - b) / (np.abs(b) + 1e-3)))
+                                      for a, b in zip(stats[k], stats["jit1"]))
+                               for k in ("jit4", "pmap4")}
+  out["max_stats_change"] = max(float(np.max(np.abs(a - b))) for a, b in
+                                zip(jax.tree.leaves(init.batch_stats), stats["jit1"]))
   print("RESULT " + json.dumps(out))
 
 

@@ -158,3 +158,35 @@ def test_batch_norm_calibration_measures_the_batch(smoke_config):
   jax.tree.map(np.testing.assert_array_equal, state.params, calibrated.params)
   after, _ = jax.jit(functools.partial(steps.train_step, config=smoke_config))(calibrated, batch)
   jax.tree.map(np.testing.assert_array_equal, calibrated.batch_stats, after.batch_stats)
+
+
+def test_batch_statistics_option_normalises_with_the_batch_and_keeps_running_averages(
+    smoke_config):
+  """model.batch_norm='batch': the step's BatchNorm uses the batch's moments (those a calibration
+  measures: checked against conv1 above) and the running ones move by (1 - momentum) towards them."""
+  config = smoke_config.copy_and_resolve_references()
+  config.model.batch_norm, config.model.batch_norm_momentum = "batch", 0.75
+  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  batch = random_batch(config)
+  measured = jax.jit(functools.partial(steps.calibrate_batch_norm, config=config))(state, batch)
+  after, metrics = jax.jit(functools.partial(steps.train_step, config=config))(state, batch)
+  expected = jax.tree.map(lambda old, new: 0.75 * old + 0.25 * new, state.batch_stats,
+                          measured.batch_stats)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), expected,
+               after.batch_stats)
+  # The loss is that of the batch-normalised forward pass, not of the running statistics.
+  frozen = jax.jit(functools.partial(steps.eval_step, config=config))(state, batch)
+  normalised = jax.jit(functools.partial(steps.eval_step, config=config))(measured, batch)
+  np.testing.assert_allclose(metrics["loss"], normalised["loss/total"], rtol=1e-4)
+  assert abs(float(metrics["loss"]) - float(frozen["loss/total"])) > 1e-3
+
+
+def test_batch_norm_option_is_validated(smoke_config):
+  from htt_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = smoke_config.copy_and_resolve_references()
+  config.model.batch_norm = "train"
+  with pytest.raises(ValueError, match=r"config\.model\.batch_norm='train'"):
+    config_lib.validate_config(config)
+  config.model.batch_norm, config.model.batch_norm_momentum = "batch", 1.0
+  with pytest.raises(ValueError, match=r"config\.model\.batch_norm_momentum=1\.0"):
+    config_lib.validate_config(config)

@@ -94,9 +94,13 @@ class HTT(nn.Module):
   dtype: Any = jnp.float32
   remat: bool = False
   calibrate_batch_norm: bool = False  # See ResNet18; never set while training.
+  batch_norm: str = "frozen"  # See ResNet18: 'frozen' (the reference) | 'batch'.
+  batch_norm_momentum: float = 0.9
+  batch_norm_axis_name: Optional[str] = None  # The pmap axis, for batch statistics across devices.
 
   @nn.compact
-  def __call__(self, images, intrinsics, not_padding, return_attention: bool = False):
+  def __call__(self, images, intrinsics, not_padding, return_attention: bool = False,
+               train: bool = False):
     batch, frames, height, width, channels = images.shape
     if frames % self.window:
       raise ValueError(f"clip length T={frames} is not a multiple of the window t={self.window}")
@@ -108,7 +112,9 @@ class HTT(nn.Module):
 
     x = normalize_images(images).astype(self.dtype).reshape(n, height, width, channels)
     features = ResNet18(dtype=self.dtype, remat=self.remat,
-                        calibrate_batch_norm=self.calibrate_batch_norm, name="backbone")(x)
+                        calibrate_batch_norm=self.calibrate_batch_norm,
+                        batch_norm=self.batch_norm, batch_norm_momentum=self.batch_norm_momentum,
+                        batch_norm_axis_name=self.batch_norm_axis_name, name="backbone")(x, train)
     features = features.reshape(batch, frames, -1)
 
     pose_tokens, pose_attention = PoseBlock(
@@ -169,4 +175,5 @@ def build_model(config) -> HTT:
       num_joints=m.num_joints, num_objects=m.num_objects, num_actions=m.num_actions,
       window=m.window, hidden_dim=m.hidden_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
       num_layers_pose=m.num_layers_pose, num_layers_action=m.num_layers_action,
-      dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32, remat=m.remat)
+      dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32, remat=m.remat,
+      batch_norm=m.get("batch_norm", "frozen"), batch_norm_momentum=m.get("batch_norm_momentum", 0.9))

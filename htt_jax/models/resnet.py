@@ -4,12 +4,13 @@ Differences from a textbook Flax ResNet, each needed to match the PyTorch checkp
 - explicit symmetric padding (Flax 'SAME' pads stride-2 convolutions asymmetrically on even sizes);
 - max-pool padding is -inf (as Flax's `max_pool`, the reduction's identity; models/pooling.py);
 - BatchNorm always normalises with its stored running statistics (the reference sets momentum 0 and
-  keeps the model in eval mode even while training), while scale and bias stay trainable;
+  keeps the model in eval mode even while training), while scale and bias stay trainable
+  (`batch_norm='batch'` is an option of ours for training from random weights);
 - features are the spatial mean of layer4; `fc` exists (it is in the checkpoints) but feeds nothing.
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -53,14 +54,22 @@ class ResNet18(nn.Module):
   # True only to (re)calibrate the frozen statistics (steps.calibrate_batch_norm): BatchNorm then
   # normalises with the batch's statistics and stores them (momentum 0) as the running ones.
   calibrate_batch_norm: bool = False
+  # 'frozen' (the reference: running statistics always, never updated) or 'batch' (training from
+  # scratch: `train=True` normalises with the batch's statistics, over `batch_norm_axis_name` too
+  # under pmap, and updates the running ones with `batch_norm_momentum`; evaluation uses those).
+  batch_norm: str = "frozen"
+  batch_norm_momentum: float = 0.9
+  batch_norm_axis_name: Optional[str] = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
                              kernel_init=initializers.torch_conv_kernel)
-    norm = functools.partial(nn.BatchNorm, use_running_average=not self.calibrate_batch_norm,
-                             momentum=0.0, epsilon=1e-5,
-                             dtype=self.dtype)
+    batch_statistics = self.calibrate_batch_norm or (train and self.batch_norm == "batch")
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not batch_statistics,
+        momentum=0.0 if self.calibrate_batch_norm else self.batch_norm_momentum, epsilon=1e-5,
+        dtype=self.dtype, axis_name=None if self.calibrate_batch_norm else self.batch_norm_axis_name)
     block_cls: Callable[..., nn.Module] = nn.remat(BasicBlock) if self.remat else BasicBlock
 
     x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
