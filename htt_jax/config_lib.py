@@ -59,6 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
   # training from random weights, where frozen statistics let Adam blow the activations up.
   config.model.batch_norm = "frozen"
   config.model.batch_norm_momentum = 0.9
+  # Fold BatchNorm on stored statistics into the convolutions (same parameters and gradients,
+  # fewer passes over activations; models/resnet.py). False: the plain form, for comparison.
+  config.model.fold_batch_norm = True
 
   config.dataset = ml_collections.ConfigDict()
   config.dataset.name = "fpha"

@@ -96,6 +96,7 @@ class HTT(nn.Module):
   calibrate_batch_norm: bool = False  # See ResNet18; never set while training.
   batch_norm: str = "frozen"  # See ResNet18: 'frozen' (the reference) | 'batch'.
   batch_norm_momentum: float = 0.9
+  fold_batch_norm: bool = True  # See ResNet18.
   batch_norm_axis_name: Optional[str] = None  # The pmap axis, for batch statistics across devices.
 
   @nn.compact
@@ -114,6 +115,7 @@ class HTT(nn.Module):
     features = ResNet18(dtype=self.dtype, remat=self.remat,
                         calibrate_batch_norm=self.calibrate_batch_norm,
                         batch_norm=self.batch_norm, batch_norm_momentum=self.batch_norm_momentum,
+                        fold_batch_norm=self.fold_batch_norm,
                         batch_norm_axis_name=self.batch_norm_axis_name, name="backbone")(x, train)
     features = features.reshape(batch, frames, -1)
 
@@ -176,4 +178,5 @@ def build_model(config) -> HTT:
       window=m.window, hidden_dim=m.hidden_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
       num_layers_pose=m.num_layers_pose, num_layers_action=m.num_layers_action,
       dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32, remat=m.remat,
-      batch_norm=m.get("batch_norm", "frozen"), batch_norm_momentum=m.get("batch_norm_momentum", 0.9))
+      batch_norm=m.get("batch_norm", "frozen"), batch_norm_momentum=m.get("batch_norm_momentum", 0.9),
+      fold_batch_norm=m.get("fold_batch_norm", True))

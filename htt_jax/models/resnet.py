@@ -7,6 +7,13 @@ Differences from a textbook Flax ResNet, each needed to match the PyTorch checkp
   keeps the model in eval mode even while training), while scale and bias stay trainable
   (`batch_norm='batch'` is an option of ours for training from random weights);
 - features are the spatial mean of layer4; `fc` exists (it is in the checkpoints) but feeds nothing.
+
+Speed: whenever BatchNorm uses its stored statistics (always in the reference's training) it is an
+affine map per channel, so it is folded into the preceding convolution (`conv_bn`): one convolution
+with kernel*s plus a bias, instead of a convolution and then a separate pass over its output. The
+parameters and the gradients are the same (autodiff goes through the fold); the backward pass no
+longer reduces over the convolution's output for the BatchNorm scale, and on GPUs the bias and ReLU
+can join the convolution. `fold_batch_norm=False` computes the plain unfolded form.
 """
 
 import functools
@@ -14,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax.numpy as jnp
 from flax import linen as nn
+from jax import lax
 
 from htt_jax.models import initializers
 from htt_jax.models.pooling import max_pool_3x3_s2
@@ -23,24 +31,70 @@ ModuleDef = Any
 _PAD1 = ((1, 1), (1, 1))
 
 
+class _ConvKernel(nn.Module):
+  """The `kernel` parameter of a bias-free `nn.Conv` (same name, shape and initialiser)."""
+  shape: Sequence[int]
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", initializers.torch_conv_kernel, tuple(self.shape), jnp.float32)
+
+
+class _FrozenBatchNorm(nn.Module):
+  """The variables of an `nn.BatchNorm` (params scale, bias; batch_stats mean, var), unapplied."""
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    scale = self.param("scale", nn.initializers.ones, (self.features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,), jnp.float32)
+    var = self.variable("batch_stats", "var", jnp.ones, (self.features,), jnp.float32)
+    return scale, bias, mean.value, var.value
+
+
+def conv_bn(x, features, kernel_size, strides, padding, conv_name, bn_name, *, conv, norm,
+            folded, dtype, epsilon=1e-5):
+  """Bias-free convolution then BatchNorm, with the parameter tree of `nn.Conv` + `nn.BatchNorm`.
+
+  Called from a compact module: `conv_name` and `bn_name` become that module's submodules, as if
+  `conv` and `norm` were called there, so checkpoints are the same either way. `folded` (BatchNorm
+  on its stored statistics): y = conv(x, k * s) + (b - mean * s), s = scale / sqrt(var + eps), the
+  fold in float32, then cast to `dtype`. Otherwise `conv` then `norm`.
+  """
+  if not folded:
+    y = conv(features, (kernel_size, kernel_size), (strides, strides), padding=padding,
+             name=conv_name)(x)
+    return norm(name=bn_name)(y)
+  kernel = _ConvKernel((kernel_size, kernel_size, x.shape[-1], features), name=conv_name)()
+  scale, bias, mean, var = _FrozenBatchNorm(features, name=bn_name)()
+  s = scale * lax.rsqrt(var + epsilon)
+  y = lax.conv_general_dilated(
+      x.astype(dtype), (kernel * s).astype(dtype), (strides, strides),
+      padding if isinstance(padding, str) else tuple(padding),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return y + (bias - mean * s).astype(dtype)
+
+
 class BasicBlock(nn.Module):
   """torchvision's BasicBlock: 3x3 (stride s) -> BN -> ReLU -> 3x3 -> BN, plus the shortcut."""
   features: int
   strides: int
   conv: ModuleDef
   norm: ModuleDef
+  fold: bool = False
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
-    y = self.conv(self.features, (3, 3), (self.strides, self.strides), padding=_PAD1, name="conv1")(x)
-    y = nn.relu(self.norm(name="bn1")(y))
-    y = self.conv(self.features, (3, 3), padding=_PAD1, name="conv2")(y)
-    y = self.norm(name="bn2")(y)
+    conv_bn_ = functools.partial(conv_bn, conv=self.conv, norm=self.norm, folded=self.fold,
+                                 dtype=self.dtype)
+    y = nn.relu(conv_bn_(x, self.features, 3, self.strides, _PAD1, "conv1", "bn1"))
+    y = conv_bn_(y, self.features, 3, 1, _PAD1, "conv2", "bn2")
     shortcut = x
     if self.strides != 1 or x.shape[-1] != self.features:
-      shortcut = self.conv(self.features, (1, 1), (self.strides, self.strides), padding="VALID",
-                           name="downsample_conv")(x)
-      shortcut = self.norm(name="downsample_bn")(shortcut)
+      shortcut = conv_bn_(x, self.features, 1, self.strides, "VALID", "downsample_conv",
+                          "downsample_bn")
     return nn.relu(y + shortcut)
 
 
@@ -60,6 +114,7 @@ class ResNet18(nn.Module):
   batch_norm: str = "frozen"
   batch_norm_momentum: float = 0.9
   batch_norm_axis_name: Optional[str] = None
+  fold_batch_norm: bool = True  # Fold stored-statistics BatchNorm into the convolutions (above).
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -70,16 +125,17 @@ class ResNet18(nn.Module):
         nn.BatchNorm, use_running_average=not batch_statistics,
         momentum=0.0 if self.calibrate_batch_norm else self.batch_norm_momentum, epsilon=1e-5,
         dtype=self.dtype, axis_name=None if self.calibrate_batch_norm else self.batch_norm_axis_name)
+    fold = self.fold_batch_norm and not batch_statistics
     block_cls: Callable[..., nn.Module] = nn.remat(BasicBlock) if self.remat else BasicBlock
 
-    x = conv(self.num_filters, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
-    x = nn.relu(norm(name="bn1")(x))
+    x = nn.relu(conv_bn(x, self.num_filters, 7, 2, ((3, 3), (3, 3)), "conv1", "bn1", conv=conv,
+                        norm=norm, folded=fold, dtype=self.dtype))
     x = max_pool_3x3_s2(x)  # nn.max_pool's values, a cheaper gradient on CPU (pooling.py)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = block_cls(self.num_filters * 2**i, strides, conv=conv, norm=norm,
-                      name=f"layer{i + 1}_{j}")(x)
+        x = block_cls(self.num_filters * 2**i, strides, conv=conv, norm=norm, fold=fold,
+                      dtype=self.dtype, name=f"layer{i + 1}_{j}")(x)
     # Mean over the spatial grid, in float32 (the reference's AvgPool2d(7) module is never used).
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     # The ImageNet classifier is part of the reference checkpoints but never applied; calling it here
