@@ -74,6 +74,40 @@ def test_l2_pose_loss_squares_errors():
   np.testing.assert_allclose(got["loss/joints2d"], ((4 + 16) / 2 + 1 + 36 / 2) / 3, rtol=1e-5)
 
 
+def test_unannotated_hands_are_left_out_of_the_pose_terms():
+  """H2O: 1 clip x 3 frames x 2 hands (1 joint each). Frame 0: both hands annotated; frame 1: the
+  left hand is not (its huge error must not count); frame 2: neither (no pose weight at all, but
+  its object term still counts)."""
+  pred2d = np.zeros((1, 3, 2, 2), np.float32)
+  pred2d[0, 0] = [[2, 2], [4, 4]]  # per-joint L1 over (u, v): 2 and 4
+  pred2d[0, 1] = [[1e6, 1e6], [6, 6]]  # left unannotated; right 6
+  pred2d[0, 2] = [[1e6, 1e6], [1e6, 1e6]]
+  depth = np.array([[[0.1, 0.3], [1e3, 0.5], [1e3, 1e3]]], np.float32)
+  outputs = dict(joints2d=pred2d, depth=depth,
+                 joints3d=np.concatenate([pred2d, depth[..., None]], -1),
+                 object_logits=np.zeros((1, 3, 2), np.float32),
+                 action_logits=np.zeros((1, 2), np.float32))
+  batch = dict(not_padding=np.ones((1, 3), np.float32), joints25d=np.zeros((1, 3, 2, 3), np.float32),
+               joints3d=np.zeros((1, 3, 2, 3), np.float32), object=np.zeros((1, 3), np.int32),
+               action=np.zeros((1,), np.int32),
+               hand_valid=np.array([[[1, 1], [0, 1], [0, 0]]], np.float32))
+  for normalization in ("frame", "clip"):  # one clip: both give the same values
+    got = losses_lib.compute_losses(outputs, batch, normalization=normalization)
+    np.testing.assert_allclose(got["loss/joints2d"], ((2 + 4) / 2 + 6) / 2, rtol=1e-6)
+    np.testing.assert_allclose(got["loss/depth"], ((0.1 + 0.3) / 2 + 0.5) / 2, rtol=1e-6)
+    np.testing.assert_allclose(got["loss/joints3d"],
+                               ((2 + 2 + 0.1) / 3 / 2 + (4 + 4 + 0.3) / 3 / 2 + (6 + 6 + 0.5) / 3) / 2,
+                               rtol=1e-6)
+    np.testing.assert_allclose(got["loss/object"], np.log(2), rtol=1e-6)  # all 3 frames
+  # Every hand annotated: the same as a batch without hand_valid (the reference's mean over J).
+  batch["hand_valid"] = np.ones((1, 3, 2), np.float32)
+  with_flags = losses_lib.compute_losses(outputs, batch)
+  del batch["hand_valid"]
+  without = losses_lib.compute_losses(outputs, batch)
+  for key in without:
+    np.testing.assert_allclose(with_flags[key], without[key], rtol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("normalization", ["frame", "clip"])
 def test_device_shares_sum_to_the_global_loss(normalization):
   """With an axis name every device returns its share; shares add up to the global value."""
