@@ -27,8 +27,9 @@ on its key (the input pipeline derives it from the seed and the clip's place in 
 import dataclasses
 import math
 
-import numpy as np
 import tensorflow as tf
+
+from htt_jax import pillow_hsv
 
 # Op ids, in the order colortrans.apply_jitter builds its list before shuffling it.
 BRIGHTNESS, SATURATION, HUE, CONTRAST = 0, 1, 2, 3
@@ -46,6 +47,9 @@ class AugmentConfig:
   center_jittering: float = 0.1  # offset = trunc(c * width * U[-1, 1)), per clip and axis
   # Frames processed together: bounds the float32 intermediates to a few of these chunks.
   chunk_frames: int = 16
+  # True: the reader only draws the params and moves the geometry; blur, colour and the image
+  # shift run in the training step on the accelerator (device_augment.py, same arithmetic).
+  on_device: bool = False
 
 
 def fold_key(key, *data):
@@ -129,59 +133,12 @@ def adjust_contrast(x, factor):
 _TABLES = None
 
 
-def _build_tables():
-  """numpy lookup tables replaying Pillow's Convert.c rgb2hsv / hsv2rgb (float vs double as there).
-
-  Returns h_of_rgb (2^24,) indexed r<<16|g<<8|b, s_of_maxmin (2^16,) indexed max<<8|min,
-  rgb_of_hsv (2^24, 3) indexed h<<16|s<<8|v; all uint8.
-  """
-  f32, f64 = np.float32, np.float64
-  gb = np.arange(1 << 16)
-  g, b = (gb >> 8).astype(np.int32), (gb & 255).astype(np.int32)
-  h_of_rgb = np.empty((256, 1 << 16), np.uint8)
-  for r in range(256):
-    maxc, minc = np.maximum(r, np.maximum(g, b)), np.minimum(r, np.minimum(g, b))
-    cr = (maxc - minc).astype(f32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-      rc, gc, bc = [((maxc - c).astype(f32) / cr).astype(f32) for c in (r, g, b)]
-    h = np.where(r == maxc, (bc - gc).astype(f32),
-                 np.where(g == maxc, (2.0 + rc.astype(f64) - bc).astype(f32),
-                          (4.0 + gc.astype(f64) - rc).astype(f32)))
-    h = np.fmod(h.astype(f64) / 6.0 + 1.0, 1.0).astype(f32)
-    uh = np.clip(np.trunc(np.nan_to_num(h.astype(f64) * 255.0)), 0, 255)
-    h_of_rgb[r] = np.where(maxc == minc, 0, uh)
-  maxc, minc = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
-  with np.errstate(divide="ignore", invalid="ignore"):
-    s = ((maxc - minc).astype(f32) / maxc.astype(f32)).astype(f32)
-    us = np.clip(np.trunc(np.nan_to_num(s.astype(f64) * 255.0)), 0, 255)
-  s_of_maxmin = np.where(maxc == minc, 0, us).astype(np.uint8).reshape(-1)
-
-  def c_round(x):  # C round(): half away from zero (x >= 0 here).
-    floor = np.floor(x)
-    return np.clip(floor + (x - floor >= 0.5), 0, 255)
-
-  s, v = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
-  s, v = s.reshape(-1), v.reshape(-1).astype(f64)
-  fs = (s.astype(f32) / 255.0).astype(f32)
-  rgb_of_hsv = np.empty((256, 1 << 16, 3), np.uint8)
-  for h in range(256):
-    i = int(np.floor(f64(f32(h)) * 6.0 / 255.0))
-    f = f32(f64(f32(h)) * 6.0 / 255.0 - i)
-    p = c_round(v * (1.0 - fs.astype(f64)))
-    q = c_round(v * (1.0 - (fs * f).astype(f32).astype(f64)))
-    t = c_round(v * (1.0 - fs.astype(f64) * (1.0 - f64(f))))
-    rows = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i % 6]
-    out = np.stack(rows, -1)
-    rgb_of_hsv[h] = np.where((s == 0)[:, None], v[:, None], out)
-  return h_of_rgb.reshape(-1), s_of_maxmin, rgb_of_hsv.reshape(-1, 3)
-
-
 def hsv_tables():
   """The tables as eager tensors, built once per process (~1 s; 66 MB)."""
   global _TABLES
   if _TABLES is None:
     with tf.init_scope():  # Eager even when first called while tracing a tf.data function.
-      _TABLES = tuple(tf.constant(t) for t in _build_tables())
+      _TABLES = tuple(tf.constant(t) for t in pillow_hsv.build_tables())
   return _TABLES
 
 
@@ -331,11 +288,10 @@ def photometric(images, params, config: AugmentConfig = AugmentConfig()):
   return tf.reshape(out, [num] + images.shape[1:].as_list())
 
 
-def apply_params(clip, params, config: AugmentConfig = AugmentConfig()):
-  """Applies drawn params to a clip dict: image (T,H,W,3) uint8, intrinsics (T,3,3), and any of
-  joints2d (T,J,2), joints25d (T,J,3) (u, v moved by -offset; depth and 3D unchanged)."""
+def apply_geometry(clip, params):
+  """The translation's effect on the labels: intrinsics (T,3,3) and any of joints2d (T,J,2),
+  joints25d (T,J,3) (u, v moved by -offset; depth and 3D unchanged). The image is left alone."""
   out = dict(clip)
-  out["image"] = translate_images(photometric(clip["image"], params, config), params["offset"])
   matrix = translation_matrix(params["offset"])
   # K_aug = A K (facts 3.7): cx, cy move with the image, so back-projection stays consistent.
   out["intrinsics"] = tf.linalg.matmul(matrix, tf.cast(clip["intrinsics"], tf.float32))
@@ -348,8 +304,38 @@ def apply_params(clip, params, config: AugmentConfig = AugmentConfig()):
   return out
 
 
+def apply_params(clip, params, config: AugmentConfig = AugmentConfig()):
+  """Applies drawn params to a clip dict: image (T,H,W,3) uint8 (photometric, then the shift) and
+  the geometry (apply_geometry)."""
+  out = apply_geometry(clip, params)
+  out["image"] = translate_images(photometric(clip["image"], params, config), params["offset"])
+  return out
+
+
+def device_params(params, config: AugmentConfig = AugmentConfig()):
+  """The drawn params in the form device_augment.py applies them (its module docstring): the hue
+  shift as an integer, the blur as integer fixed-point taps (identity when blur is off)."""
+  num = tf.shape(params["blur_radius"])[0]
+  if config.blur_radius > 0:
+    taps = tf.cast(tf.round(blur_kernels(params["blur_radius"], config.blur_radius) * 2.0 ** 24),
+                   tf.int32)
+  else:
+    taps = tf.tile(tf.constant([[0, 2 ** 24, 0]], tf.int32), [num, 1])
+  return {"aug_offset": tf.cast(params["offset"], tf.int32),
+          "aug_brightness": params["brightness"], "aug_saturation": params["saturation"],
+          "aug_contrast": params["contrast"], "aug_hue_shift": hue_shift(params["hue"]),
+          "aug_blur_weights": taps, "aug_order": params["order"]}
+
+
 def augment_clip(clip, key, config: AugmentConfig = AugmentConfig()):
-  """The reference's training augmentation of one clip, keyed by `key` ((2,) int seed)."""
+  """The reference's training augmentation of one clip, keyed by `key` ((2,) int seed).
+
+  With config.on_device only the geometry is applied; the clip gains the aug_* params."""
   shape = tf.shape(clip["image"])
   width = clip["image"].shape[2] or shape[2]
-  return apply_params(clip, sample_params(key, shape[0], width, config), config)
+  params = sample_params(key, shape[0], width, config)
+  if config.on_device:
+    out = apply_geometry(clip, params)
+    out.update(device_params(params, config))
+    return out
+  return apply_params(clip, params, config)

@@ -30,6 +30,8 @@ Batch keys: image (B,T,H,W,3) uint8; intrinsics (B,T,3,3), not_padding (B,T), jo
 (augmented u, v px; Z m), joints3d (B,T,J,3) m, hand_valid (B,T,K) float32; object (B,T),
 action (B,), video_index (B,), start_frame (B,) (raw frame number), frame_idx (B,T) int32.
 Evaluation adds valid (B,) float32 and video_id (B,) bytes (drop it before device transfer).
+Training with augment.on_device: the images are not yet blurred, colour-jittered or shifted (the
+labels are already shifted), and the batch has the aug_* params of device_augment.py.
 
 Optional config.dataset keys (defaults here): shuffle_buffer (records, 64: each holds up to
 T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (4 shards read at once), threadpool_size
@@ -159,6 +161,8 @@ def _finalize(clip, train: bool):
       "start_frame": tf.cast(clip["start_frame"], tf.int32),
       "frame_idx": tf.cast(clip["frame_idx"], tf.int32),
   }
+  # augment.on_device: the clip's drawn augmentation, applied in the training step.
+  out.update({k: v for k, v in clip.items() if k.startswith("aug_")})
   if not train:
     out["video_id"] = clip["video_id"]
     out["valid"] = tf.cast(clip["valid"], tf.float32)

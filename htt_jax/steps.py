@@ -15,6 +15,7 @@ from flax import struct
 from flax.training import train_state
 from jax import lax
 
+from htt_jax import device_augment
 from htt_jax import losses as losses_lib
 from htt_jax.models import build_model
 
@@ -98,7 +99,12 @@ def _forward(state, params, batch, return_attention=False):
 
 
 def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_name=None):
-  """One Adam step on the batch; returns (new_state, metrics) with every loss term."""
+  """One Adam step on the batch; returns (new_state, metrics) with every loss term.
+
+  A batch with aug_* params (dataset.augment.on_device) is augmented here first."""
+  if device_augment.has_params(batch):
+    hue_enabled = config.dataset.get("augment", {}).get("hue", 0.15) > 0
+    batch = dict(batch, image=device_augment.augment_batch(batch, hue_enabled=hue_enabled))
 
   batch_statistics = config.model.get("batch_norm", "frozen") == "batch"
   if batch_statistics:

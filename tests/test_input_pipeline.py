@@ -10,6 +10,7 @@ import io
 import json
 import time
 
+import jax
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 import pytest
@@ -447,3 +448,69 @@ def test_reader_throughput_270x480(tmp_path):
     fps = clips * num_frames / (time.perf_counter() - start)
     print(f"\n270x480 JPEG, decode+augment, {threads} thread(s): {fps:.1f} frames/s, "
           f"{fps / threads:.1f} frames/s per core")
+
+
+# ------------------------------------------------------------------------------------------------
+# augment.on_device: the same augmentation in JAX, inside the training step (device_augment.py).
+
+@pytest.mark.parametrize("radius", [0.0, 0.05, 0.21, 0.33, 0.4999])
+def test_device_blur_is_bit_exact_to_pil(radius):
+  from htt_jax import device_augment  # pylint: disable=g-import-not-at-top
+  image = rand_image(3)
+  want = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
+  params = augment.sample_params(tf.constant([1, 2]), 1, image.shape[1])
+  params["blur_radius"] = tf.constant([radius], tf.float32)
+  taps = augment.device_params(params)["aug_blur_weights"].numpy()
+  got = np.asarray(device_augment.gaussian_blur(image[None], taps))[0]
+  np.testing.assert_array_equal(got, want)  # Pillow's integer sums, not float32 ones
+
+
+def test_device_augmentation_matches_pil_and_the_reader():
+  from htt_jax import device_augment  # pylint: disable=g-import-not-at-top
+  frames = np.stack([rand_image(s, (36, 50)) for s in range(6)])
+  for seed, config in ((5, augment.AugmentConfig()), (6, augment.AugmentConfig(hue=0)),
+                       (7, augment.AugmentConfig(blur_radius=0))):
+    params = augment.sample_params(tf.constant([seed, 9]), 6, 50, config)
+    on_device = {k: v.numpy() for k, v in augment.device_params(params, config).items()}
+    got = np.asarray(jax.jit(functools.partial(device_augment.augment_clip,
+                                               hue_enabled=config.hue > 0))(frames, on_device))
+    host = augment.translate_images(augment.photometric(tf.constant(frames), params, config),
+                                    params["offset"]).numpy()
+    params = {k: v.numpy() for k, v in params.items()}
+    assert np.any(params["offset"] != 0)
+    # The reader's TF ops: the same except where its float32 blur sums round a tie the other way.
+    diff = np.abs(got.astype(int) - host)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, seed
+    if config.blur_radius > 0 and config.hue > 0:  # Pillow's own result, frame by frame
+      for n in range(6):
+        diff = np.abs(got[n].astype(int) - reference_frame(frames[n], params, n))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01, n
+
+
+def test_on_device_batches_train_like_reader_augmented_ones(data_dir):
+  """The reader with augment.on_device leaves the pixels alone (labels already moved) and adds the
+  params; the training step's augmentation then gives the reader's own augmented batch, and the
+  same loss."""
+  from htt_jax import device_augment, steps  # pylint: disable=g-import-not-at-top
+  host_config = make_config(data_dir)
+  device_config = make_config(data_dir, **{"dataset.augment.on_device": True})
+  for host, device in zip(take(host_config, 2), take(device_config, 2)):
+    assert device_augment.has_params(device) and not device_augment.has_params(host)
+    for i, (v, frames) in enumerate(zip(device["video_index"], device["frame_idx"])):
+      np.testing.assert_array_equal(device["image"][i], np.stack([frame_image(v, f)
+                                                                  for f in frames]))
+    for key in host:
+      if key != "image":
+        np.testing.assert_array_equal(device[key], host[key], err_msg=key)
+    diff = np.abs(np.asarray(jax.jit(device_augment.augment_batch)(device)).astype(int)
+                  - host["image"])
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+  state = steps.create_train_state(host_config, jax.random.key(0), steps_per_epoch=10)
+  step = lambda config: jax.jit(functools.partial(steps.train_step, config=config))
+  batch_device = {k: v for k, v in device.items() if k != "video_id"}
+  batch_host = {k: v for k, v in host.items() if k != "video_id"}
+  augmented = dict(batch_device, image=np.asarray(device_augment.augment_batch(batch_device)))
+  _, from_device = step(device_config)(state, batch_device)
+  _, reference = step(host_config)(state, {k: augmented[k] for k in batch_host})
+  np.testing.assert_allclose(from_device["loss"], reference["loss"], rtol=1e-6)

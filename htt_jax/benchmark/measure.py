@@ -33,7 +33,7 @@ def random_batch(config, batch_size: int, seed: int = 0) -> Dict[str, np.ndarray
   joints3d = np.concatenate([rng.uniform(-0.1, 0.1, (batch_size, frames, joints, 2)),
                              rng.uniform(0.3, 0.6, (batch_size, frames, joints, 1))], -1)
   uv = joints3d[..., :2] / joints3d[..., 2:] * 200.0 + np.array([width / 2, height / 2])
-  return {
+  batch = {
       "image": rng.integers(0, 256, (batch_size, frames, height, width, 3), dtype=np.uint8),
       "intrinsics": np.broadcast_to(intrinsics, (batch_size, frames, 3, 3)).copy(),
       "not_padding": np.ones((batch_size, frames), np.float32),
@@ -42,6 +42,21 @@ def random_batch(config, batch_size: int, seed: int = 0) -> Dict[str, np.ndarray
       "object": rng.integers(0, config.model.num_objects, (batch_size, frames), dtype=np.int32),
       "action": rng.integers(0, config.model.num_actions, (batch_size,), dtype=np.int32),
   }
+  if config.dataset.get("augment", {}).get("on_device", False):
+    # The reader's params for the step's own augmentation (device_augment.py): blur radii below
+    # 0.5 give 3 taps (fw, ww, fw), ww = trunc(2^24 / (2 r + 1)).
+    ww = rng.integers(2**23, 2**24, (batch_size, frames), dtype=np.int64)
+    fw = (2**24 - ww) // 2
+    batch.update({
+        "aug_offset": rng.integers(-width // 10, width // 10 + 1, (batch_size, 2), dtype=np.int32),
+        "aug_brightness": rng.uniform(0.5, 1.5, batch_size).astype(np.float32),
+        "aug_saturation": rng.uniform(0.5, 1.5, batch_size).astype(np.float32),
+        "aug_contrast": rng.uniform(0.5, 1.5, batch_size).astype(np.float32),
+        "aug_hue_shift": rng.integers(0, 256, batch_size, dtype=np.int32),
+        "aug_blur_weights": np.stack([fw, 2**24 - 2 * fw, fw], -1).astype(np.int32),
+        "aug_order": np.argsort(rng.random((batch_size, frames, 4)), -1).astype(np.int32),
+    })
+  return batch
 
 
 def resolve_devices(num_devices: int) -> List[jax.Device]:
