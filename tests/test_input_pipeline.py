@@ -8,7 +8,6 @@ and raw frame number; joints2d is the projection of joints3d with the record's i
 import functools
 import io
 import json
-import time
 
 import jax
 import numpy as np
@@ -36,7 +35,7 @@ def frame_image(video, raw, size=(H, W)):
 
 
 def textured_image(video, raw, size):
-  """Camera-like content for timing: smooth shading plus sensor-like noise."""
+  """Camera-like content (smooth shading plus sensor-like noise): JPEGs of a realistic size."""
   y, x = np.mgrid[: size[0], : size[1]]
   image = np.stack([120 + 80 * np.sin(x / 40 + raw / 10) + 30 * np.cos(y / 25),
                     100 + 60 * np.cos(x / 70 - y / 50 + video),
@@ -428,26 +427,6 @@ def test_steps_per_epoch():
   assert input_pipeline.steps_per_epoch({"clips": {"train": 61}}, 4) == 15
   with pytest.raises(ValueError, match="fewer than config.batch_size"):
     input_pipeline.steps_per_epoch({"clips": {"train": 3}}, 4)
-
-
-def test_reader_throughput_270x480(tmp_path):
-  """Prints read + decode + augment frames/s (not asserted: 2 cores shared with others)."""
-  size, num_frames = (270, 480), 16
-  write_split(tmp_path, lengths=(36,), num_frames=num_frames, window=4, size=size, fmt="JPEG",
-              image_fn=textured_image)
-  for threads in (1, 2):
-    config = make_config(tmp_path, batch_size=1, **{
-        "model.num_frames": num_frames, "dataset.image_size": size,
-        "dataset.num_parallel_calls": threads, "dataset.shuffle_buffer": 4})
-    it = input_pipeline.create_dataset(config, "train", True, process_index=0,
-                                       process_count=1).as_numpy_iterator()
-    next(it)  # tracing, tables
-    start, clips = time.perf_counter(), 6
-    for _ in range(clips):
-      next(it)
-    fps = clips * num_frames / (time.perf_counter() - start)
-    print(f"\n270x480 JPEG, decode+augment, {threads} thread(s): {fps:.1f} frames/s, "
-          f"{fps / threads:.1f} frames/s per core")
 
 
 # ------------------------------------------------------------------------------------------------
