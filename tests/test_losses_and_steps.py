@@ -224,3 +224,14 @@ def test_batch_norm_option_is_validated(smoke_config):
   config.model.batch_norm, config.model.batch_norm_momentum = "batch", 1.0
   with pytest.raises(ValueError, match=r"config\.model\.batch_norm_momentum=1\.0"):
     config_lib.validate_config(config)
+
+
+def test_warmup_cosine_schedule(smoke_config):
+  """lr_schedule='warmup_cosine': linear from 0 to the peak over warmup_steps, cosine to 0 at the
+  last training step."""
+  config = smoke_config.copy_and_resolve_references()
+  config.lr_schedule, config.warmup_steps, config.num_train_steps = "warmup_cosine", 10, 110
+  config.learning_rate = 1e-3
+  schedule = steps.learning_rate_schedule(config, steps_per_epoch=7)
+  np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 60, 110)],
+                             [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
