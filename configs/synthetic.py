@@ -1,11 +1,14 @@
-"""HTT on the embedded synthetic dataset: the `make demo` job (2-core CPU, minutes).
+"""HTT on the embedded synthetic dataset: the `make demo` job (2-core CPU, under 10 minutes).
 
   python scripts/demo.py --workdir=runs/demo                 # data + train + evaluate
   python scripts/train.py --config=configs/synthetic.py --workdir=runs/demo \
       --config.dataset.data_dir=runs/demo/data
 
-No ImageNet weights here, so the learning rate is higher than the paper's 3e-5; images are small
-(72x128: layer4 is 3x4), clips short (T=32, t=16), the encoders narrower (d=256).
+Training from random weights (no ImageNet backbone) in a few hundred steps on a CPU, so unlike the
+paper configs: small images (72x96: layer4 is 3x3; on this CPU 72x96 trains faster per frame than
+72x128 and, oddly, than heights 64, 56, 48 or 40), short clips (T=16, t=8), narrower encoders
+(d=256), BatchNorm on batch statistics (with frozen statistics Adam blows the activations up),
+a higher learning rate with warm-up and cosine decay, and no augmentation (too few steps to profit).
 """
 
 from htt_jax import config_lib
@@ -15,23 +18,30 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.dataset.name = "synthetic"
   config.dataset.data_dir = "runs/demo/data"
-  config.dataset.image_size = (72, 128)
+  config.dataset.image_size = (72, 96)
   config.dataset.num_parallel_calls = 2
-  config.model.num_frames = 32
-  config.model.window = 16
+  # Augmentation off: too few steps from random weights to profit from it.
+  for op in ("brightness", "contrast", "saturation", "hue", "blur_radius", "center_jittering"):
+    config.dataset.augment[op] = 0.0
+  config.model.num_frames = 16
+  config.model.window = 8
   config.model.hidden_dim = 256
   config.model.mlp_dim = 512
   config.model.num_joints = 21
   config.model.num_objects = 4
   config.model.num_actions = 16  # 4 verbs x 4 objects (data_pipeline/synthetic.py defaults).
-  config.batch_size = 2
+  # Batch statistics: random-weight BatchNorm cannot be frozen (see config_lib); 4 clips per step
+  # (64 frames) keep them and the gradients less noisy than 2.
+  config.model.batch_norm = "batch"
+  config.batch_size = 4
   config.eval_batch_size = 4
-  config.learning_rate = 3e-4
-  config.init.calibrate_batch_norm = True  # No ImageNet statistics to freeze: measure them.
-  config.num_train_steps = 400
-  config.lr_decay_epochs = 1000  # No decay within the short run.
+  config.learning_rate = 5e-4  # measured: 3e-4 gave action 0.72, MEPE 44.4 mm; 5e-4 0.78, 43.2
+  config.lr_schedule = "warmup_cosine"  # warm up from 0, then decay to 0 at the last step
+  config.warmup_steps = 20
+  config.init.calibrate_batch_norm = True  # Initial running statistics measured, not (0, 1).
+  config.num_train_steps = 460
   config.log_every_steps = 20
-  config.checkpoint_every_steps = 200
+  config.checkpoint_every_steps = 250
   if arg == "runlocal":
     config.num_train_steps = 10
     config.log_every_steps = 1

@@ -9,7 +9,7 @@ from conftest import ROOT, load_config
 from htt_jax import config_lib
 
 
-@pytest.mark.parametrize("name", ["fpha", "h2o", "smoke"])
+@pytest.mark.parametrize("name", ["fpha", "h2o", "smoke", "synthetic"])
 def test_shipped_configs_are_valid(name):
   config_lib.validate_config(load_config(name), num_devices=1)
 
@@ -33,6 +33,8 @@ def test_paper_settings():
     ("batch_size", 0, "config.batch_size=0"),
     ("model.num_heads", 5, "config.model.num_heads=5"),
     ("num_train_steps", 0, "config.num_train_steps=0"),
+    ("lr_schedule", "linear", "config.lr_schedule='linear'"),
+    ("warmup_steps", -1, "config.warmup_steps=-1"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()

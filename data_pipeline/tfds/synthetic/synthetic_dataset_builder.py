@@ -3,7 +3,7 @@
   python -m data_pipeline.tfds build data_pipeline/tfds/synthetic --data_dir=/data/tfds
 
 Nothing to download: videos are rendered from the seed. Config `demo` is the data of `make demo`
-(htt_jax/demo.py: seed 0, 96/16/32 videos, 72x128, T=32, t=16).
+(htt_jax/demo.py: seed 0, 96/16/32 videos, 72x96, T=16, t=8).
 """
 
 import dataclasses
@@ -37,7 +37,7 @@ class Builder(common.WindowedVideoBuilder):
   """Procedural egocentric hand-object videos; splits train, val, test (disjoint subjects)."""
 
   BUILDER_CONFIGS = [
-      SyntheticWindowConfig(name="demo", num_frames=32, window=16, image_size=(72, 128),
+      SyntheticWindowConfig(name="demo", num_frames=16, window=8, image_size=(72, 96),
                             source={"seed": 0, "num_videos": {"train": 96, "val": 16,
                                                               "test": 32}}),
   ]
