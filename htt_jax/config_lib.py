@@ -24,10 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.learning_rate = 3e-5
   config.lr_decay_epochs = 15  # StepLR step size, in epochs.
   config.lr_decay_factor = 0.5
-  # 'step' (the reference's StepLR, above) | 'warmup_cosine' (linear warm-up over warmup_steps,
+  # 'step' (the reference's StepLR, above) | 'warmup_cosine' (linear warm-up over lr_warmup_steps,
   # then cosine decay to 0 at the last step; for short runs from random weights, e.g. the demo).
   config.lr_schedule = "step"
-  config.warmup_steps = 0
+  config.lr_warmup_steps = 0
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
@@ -119,9 +119,10 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _choice(config, "dataset.host_sharding", ("files", "batch"))
   _choice(config, "model.batch_norm", ("frozen", "batch"))
   _choice(config, "lr_schedule", ("step", "warmup_cosine"))
-  if (not isinstance(config.warmup_steps, int) or isinstance(config.warmup_steps, bool)
-      or config.warmup_steps < 0):
-    raise ValueError(f"config.warmup_steps={config.warmup_steps!r} must be an integer >= 0")
+  if (not isinstance(config.lr_warmup_steps, int) or isinstance(config.lr_warmup_steps, bool)
+      or config.lr_warmup_steps < 0):
+    raise ValueError(f"config.lr_warmup_steps={config.lr_warmup_steps!r} must be an integer "
+                     ">= 0")
   if not 0.0 <= config.model.batch_norm_momentum < 1.0:
     raise ValueError(f"config.model.batch_norm_momentum={config.model.batch_norm_momentum} must "
                      "be in [0, 1)")

@@ -36,13 +36,13 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
   'step': lr * factor ** floor(epoch / decay_epochs) stepped once per epoch; since
   epoch = floor(step / steps_per_epoch), a staircase decay every decay_epochs * steps_per_epoch
-  optimiser steps. 'warmup_cosine': linear warm-up from 0 over `warmup_steps`, then cosine decay
+  optimiser steps. 'warmup_cosine': linear warm-up from 0 over `lr_warmup_steps`, then cosine decay
   to 0 at the last training step (num_train_steps, or num_epochs x steps per epoch).
   """
   if config.get("lr_schedule", "step") == "warmup_cosine":
     total = (config.num_train_steps if config.num_train_steps > 0
              else config.num_epochs * steps_per_epoch)
-    warmup = min(int(config.warmup_steps), total - 1)
+    warmup = min(int(config.lr_warmup_steps), total - 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,
         decay_steps=max(total, warmup + 1), end_value=0.0)

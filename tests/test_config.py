@@ -34,7 +34,7 @@ def test_paper_settings():
     ("model.num_heads", 5, "config.model.num_heads=5"),
     ("num_train_steps", 0, "config.num_train_steps=0"),
     ("lr_schedule", "linear", "config.lr_schedule='linear'"),
-    ("warmup_steps", -1, "config.warmup_steps=-1"),
+    ("lr_warmup_steps", -1, "config.lr_warmup_steps=-1"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()

@@ -227,10 +227,10 @@ def test_batch_norm_option_is_validated(smoke_config):
 
 
 def test_warmup_cosine_schedule(smoke_config):
-  """lr_schedule='warmup_cosine': linear from 0 to the peak over warmup_steps, cosine to 0 at the
+  """lr_schedule='warmup_cosine': linear from 0 to the peak over lr_warmup_steps, cosine to 0 at the
   last training step."""
   config = smoke_config.copy_and_resolve_references()
-  config.lr_schedule, config.warmup_steps, config.num_train_steps = "warmup_cosine", 10, 110
+  config.lr_schedule, config.lr_warmup_steps, config.num_train_steps = "warmup_cosine", 10, 110
   config.learning_rate = 1e-3
   schedule = steps.learning_rate_schedule(config, steps_per_epoch=7)
   np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 60, 110)],
