@@ -29,11 +29,11 @@ def test_jit_and_pmap_agree_on_4_cpu_devices(normalization, batch_norm, num_step
       for key in theirs:
         np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, atol=1e-6,
                                    err_msg=f"{mode} step {step} {key}")
-  # Same device count, two compilations: the same parameters.
-  # (With batch statistics the two reduce BatchNorm's moments in different orders: Adam's bound
-  # below applies to them as well.)
-  assert result["max_param_diff"]["jit4_vs_pmap4"] < (1e-5 if batch_norm == "frozen" else
-                                                      2 * num_steps * 1e-4), result["max_param_diff"]
+  # Same device count, two compilations. They reduce in different orders: BatchNorm's moments with
+  # batch statistics, and with the folded BatchNorm (models/resnet.py) the gradient of the folded
+  # kernel (SPMD all-reduces it before the chain rule to kernel and scale, pmap after), so Adam's
+  # bound below applies to both (measured 1.3e-4 after 3 steps, frozen; 1e-6 without the fold).
+  assert result["max_param_diff"]["jit4_vs_pmap4"] < 2 * num_steps * 1e-4, result["max_param_diff"]
   # 1 vs 4 devices sum gradients in a different order. Adam normalises every element, so an element
   # whose gradient is mostly cancellation noise can move differently (Adam's step is at most ~lr,
   # so by at most 2 lr per step); all but a few of the 14M elements agree to 1e-5 (measured:
