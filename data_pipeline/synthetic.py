@@ -9,8 +9,10 @@ Scene (camera space: x right, y down, z forward, metres):
            point slightly off centre; one intrinsics for every video, for the stored image size.
   hand     21 joints in FPHA order (wrist; thumb, index, middle, ring, pinky, each MCP, PIP, DIP,
            TIP) built by forward kinematics: fixed palm points + unit-direction phalanges, so bone
-           lengths are exactly constant within a video. A subject has its own hand size (+-10%)
-           and proportions. Two hands (num_hands=2) give 42 joints, left 0-20 and right 21-41 (H2O);
+           lengths are exactly constant within a video. A subject has its own hand size (+-3%)
+           and proportions (finger lengths +-5-6%). One camera sees a hand of unknown size, so its
+           depth is ambiguous by about that fraction: +-10% (+-48 mm at 0.48 m) was as large as
+           the scenes' whole depth spread and made depth unlearnable for held-out subjects. Two hands (num_hands=2) give 42 joints, left 0-20 and right 21-41 (H2O);
            the right hand acts, the left idles beside it (a mirrored skeleton).
   object   one class per video (box, ball, bottle, cup, can, book): distinct shape and colour, drawn
            as a camera-facing sprite at its depth, with asymmetric marks so its rotation shows.
@@ -147,7 +149,7 @@ def _subject(config: SyntheticConfig, subject: int) -> dict:
   lo = int(tone)
   skin = _SKIN[lo] + (tone - lo) * (_SKIN[min(lo + 1, len(_SKIN) - 1)] - _SKIN[lo])
   return dict(
-      scale=rng.uniform(0.9, 1.1), base=_BASE * rng.uniform(0.95, 1.05, (5, 1)),
+      scale=rng.uniform(0.97, 1.03), base=_BASE * rng.uniform(0.95, 1.05, (5, 1)),
       phalanx=_PHALANX * rng.uniform(0.94, 1.06, (5, 3)),
       skin=np.clip(skin + rng.uniform(-12, 12, 3), 0, 255), sleeve=rng.uniform(20, 235, 3),
       gamma=rng.uniform(0.7, 1.4), amplitude=rng.uniform(0.75, 1.25),

@@ -90,6 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Measure the (then frozen) BatchNorm statistics on one training batch before step 1: for
   # training without ImageNet weights only (steps.calibrate_batch_norm).
   config.init.calibrate_batch_norm = False
+  # Then shift the last pose layer's bias so the first predictions are that batch's mean pose
+  # (steps.calibrate_pose_head): on small images the mean depth is far from the initial output.
+  config.init.calibrate_pose_head = False
   return config
 
 

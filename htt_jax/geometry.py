@@ -33,6 +33,18 @@ def to_25d(raw_pose, intrinsics, image_size, trans_factor=TRANS_FACTOR, scale_fa
   return jnp.stack([u, v], -1), depth, jnp.stack([x, y, depth], -1)
 
 
+def from_25d(joints2d, depth, intrinsics, image_size, trans_factor=TRANS_FACTOR,
+             scale_factor=SCALE_FACTOR, depth_offset=DEPTH_OFFSET):
+  """The inverse of `to_25d`: the raw (a, b, s) that give `joints2d` (..., J, 2) px and `depth`
+  (..., J) m on an (H, W) input with these intrinsics."""
+  height, width = image_size
+  fx = intrinsics[..., 0, 0][..., None]
+  a = (joints2d[..., 0] - width / 2) / trans_factor
+  b = (joints2d[..., 1] - height / 2) / trans_factor
+  s = (depth - depth_offset) / (fx * scale_factor)
+  return jnp.stack([a, b, s], -1)
+
+
 def project(points3d, intrinsics):
   """Pinhole projection of (..., J, 3) camera-space points to (..., J, 2) pixels."""
   homogeneous = jnp.einsum("...ij,...kj->...ki", intrinsics, points3d)

@@ -53,7 +53,7 @@ def _frame_weighted(per_frame, weight, normalization, axis_name):
   raise ValueError(f"loss_normalization={normalization!r} is not 'frame' or 'clip'")
 
 
-def _joint_mask(hand_valid, num_joints):
+def joint_mask(hand_valid, num_joints):
   """(B, T, K) per-hand validity -> (B, T, J) per-joint weights (hand k owns J/K joints in order)."""
   if hand_valid is None:
     return None
@@ -78,12 +78,12 @@ def compute_losses(outputs, batch, *, normalization="clip", pose_loss="l1", lamb
   weight = batch["not_padding"].astype(jnp.float32)
   target25d = batch["joints25d"].astype(jnp.float32)
   num_joints = target25d.shape[-2]
-  joint_mask = _joint_mask(batch.get("hand_valid"), num_joints)  # (B, T, J) or None
-  if joint_mask is None:
+  mask = joint_mask(batch.get("hand_valid"), num_joints)  # (B, T, J) or None
+  if mask is None:
     pose_mean, pose_weight = lambda e: e.mean(axis=-1), weight
   else:
-    count = joint_mask.sum(axis=-1)
-    pose_mean = lambda e: (e * joint_mask).sum(axis=-1) / jnp.maximum(count, 1.0)
+    count = mask.sum(axis=-1)
+    pose_mean = lambda e: (e * mask).sum(axis=-1) / jnp.maximum(count, 1.0)
     pose_weight = weight * (count > 0)
   per_frame_pose = {  # per-joint errors (B, T, J), averaged over coordinates
       "joints2d": _pose_error(outputs["joints2d"], target25d[..., :2], pose_loss).mean(axis=-1),

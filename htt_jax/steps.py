@@ -16,6 +16,7 @@ from flax.training import train_state
 from jax import lax
 
 from htt_jax import device_augment
+from htt_jax import geometry
 from htt_jax import losses as losses_lib
 from htt_jax.models import build_model
 
@@ -100,6 +101,33 @@ def calibrate_batch_norm(state: TrainState, batch, *, config) -> TrainState:
                            batch["image"], batch["intrinsics"], batch["not_padding"],
                            mutable=["batch_stats"])
   return state.replace(batch_stats=updates["batch_stats"])
+
+
+def calibrate_pose_head(state: TrainState, batch, *, config) -> TrainState:
+  """Shifts the last pose layer's bias so that the mean prediction on `batch` is its mean pose.
+
+  The depth of a joint is Z = fx * 1e-4 * s + 0.4 m (geometry.to_25d): on small images (fx = 70 px
+  at 96 px wide, 349 px at 480) the training-mean depth needs s ~ 11, which a bias moving ~lr per
+  Adam step does not reach in a short run from random weights. Like `calibrate_batch_norm`, one
+  forward pass on a training batch, for training without pretrained weights only; the mean is over
+  real frames and annotated hands, per joint and coordinate of (a, b, s).
+  """
+  outputs = _forward(state, state.params, batch)
+  height, width = batch["image"].shape[2:4]
+  target = geometry.from_25d(batch["joints25d"][..., :2].astype(jnp.float32),
+                             batch["joints25d"][..., 2].astype(jnp.float32),
+                             batch["intrinsics"].astype(jnp.float32), (height, width))
+  num_joints = target.shape[-2]
+  weight = jnp.broadcast_to(batch["not_padding"].astype(jnp.float32)[..., None],
+                            target.shape[:-1])  # (B, T, J)
+  joint_mask = losses_lib.joint_mask(batch.get("hand_valid"), num_joints)
+  if joint_mask is not None:
+    weight = weight * joint_mask
+  error = (target - outputs["raw_pose"]) * weight[..., None]
+  shift = error.sum(axis=(0, 1)) / jnp.maximum(weight.sum(axis=(0, 1)), 1.0)[:, None]  # (J, 3)
+  head = dict(state.params["pose_mlp_2"])
+  head["bias"] = head["bias"] + shift.reshape(-1).astype(head["bias"].dtype)
+  return state.replace(params=dict(state.params, pose_mlp_2=head))
 
 
 def _forward(state, params, batch, return_attention=False):

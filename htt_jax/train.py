@@ -114,14 +114,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
     state, metadata = restored
     logging.info("resumed from step %d (%s)", int(state.step), ckpt.directory)
   start_step = int(state.step)
-  if start_step == 0 and config.init.calibrate_batch_norm:
+  calibrations = [(name, getattr(steps, name)) for name in ("calibrate_batch_norm",
+                                                             "calibrate_pose_head")
+                  if config.init.get(name, False)]
+  if start_step == 0 and calibrations:
     # A separate stream (seed + 1), so the training batches are those of a run without it.
     batch = next(input_pipeline.train_batches(config, seed=config.seed + 1))
-    calibrate = jax.jit(functools.partial(steps.calibrate_batch_norm, config=config),
-                        out_shardings=parallel.replicated(mesh))
     with jax.set_mesh(mesh):
-      state = calibrate(state, parallel.global_batch(batch, mesh))
-    logging.info("calibrated the BatchNorm statistics on %d clips", config.batch_size)
+      batch = parallel.global_batch(batch, mesh)
+      for name, calibrate in calibrations:  # BatchNorm first: the pose head sees its outputs
+        state = jax.jit(functools.partial(calibrate, config=config),
+                        out_shardings=parallel.replicated(mesh))(state, batch)
+        logging.info("%s on %d clips", name, config.batch_size)
 
   batches = input_pipeline.train_batches(config, start_step=start_step)
   if config.parallelism == "pmap":

@@ -194,6 +194,28 @@ def test_batch_norm_calibration_measures_the_batch(smoke_config):
   jax.tree.map(np.testing.assert_array_equal, calibrated.batch_stats, after.batch_stats)
 
 
+def test_pose_head_calibration_predicts_the_batch_mean_pose(smoke_config):
+  state = steps.create_train_state(smoke_config, jax.random.key(0), steps_per_epoch=10)
+  batch = random_batch(smoke_config, valid_frames=[smoke_config.model.num_frames, 5])
+  # Padded frames carry absurd labels: they must not enter the mean.
+  batch["joints25d"][1, 5:] = 1e4
+  calibrated = jax.jit(functools.partial(steps.calibrate_pose_head, config=smoke_config))(
+      state, batch)
+  outputs = jax.jit(lambda s: steps._forward(s, s.params, batch))(calibrated)  # pylint: disable=protected-access
+  real = batch["not_padding"] > 0
+  # Mean over real frames of the predicted u, v (px) and Z (m) per joint == that of the labels:
+  # fx is the same in every frame here, so to_25d is one affine map and means carry through it.
+  np.testing.assert_allclose(np.asarray(outputs["joints2d"])[real].mean(0),
+                             batch["joints25d"][real][..., :2].mean(0), rtol=1e-4, atol=0.01)
+  np.testing.assert_allclose(np.asarray(outputs["depth"])[real].mean(0),
+                             batch["joints25d"][real][..., 2].mean(0), atol=1e-5)
+  # Only that bias moved.
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
+                         state.params, calibrated.params)
+  assert [jax.tree_util.keystr(p) for p, c in jax.tree_util.tree_leaves_with_path(changed) if c] \
+      == ["['pose_mlp_2']['bias']"]
+
+
 def test_batch_statistics_option_normalises_with_the_batch_and_keeps_running_averages(
     smoke_config):
   """model.batch_norm='batch': the step's BatchNorm uses the batch's moments (those a calibration

@@ -85,6 +85,17 @@ def test_to_25d_matches_hand_computed_examples():
   np.testing.assert_allclose(joints3d, [[(84 - 60) * z / 500, (46 - 30) * z / 500, z]], rtol=1e-6)
 
 
+def test_from_25d_inverts_to_25d():
+  k = np.array([[70.0, 0, 50], [0, 70.0, 35], [0, 0, 1]], np.float32)
+  # By hand: a = (u - W/2) / 100, b = (v - H/2) / 100, s = (Z - 0.4) / (fx 1e-4).
+  raw = geometry.from_25d(jnp.array([[68.0, 16.0]]), jnp.array([0.47]), jnp.asarray(k), (72, 96))
+  np.testing.assert_allclose(raw, [[0.2, -0.2, 10.0]], rtol=1e-5)
+  raw = jax.random.normal(jax.random.key(1), (4, 21, 3))
+  joints2d, depth, _ = geometry.to_25d(raw, jnp.asarray(k), (72, 96))
+  np.testing.assert_allclose(geometry.from_25d(joints2d, depth, jnp.asarray(k), (72, 96)), raw,
+                             rtol=1e-4, atol=1e-4)
+
+
 def test_projection_inverts_back_projection_when_fx_equals_fy():
   k = jnp.array([[300.0, 0, 100], [0, 300.0, 50], [0, 0, 1]])
   raw = jax.random.normal(jax.random.key(0), (5, 21, 3))
