@@ -172,3 +172,18 @@ def test_pipeline_modes_need_a_data_dir():
     runner.run_benchmark(tiny_config(), "input")
   with pytest.raises(ValueError, match="config.num_devices=64"):
     runner.run_benchmark(tiny_config(num_devices=64), "train")
+
+
+def test_backbone_split_times_forward_and_backward():
+  """benchmarks/backbone_split.py (JAX side; the PyTorch side needs torch): one line with both
+  times, and forward+backward takes longer than the forward alone."""
+  import re  # pylint: disable=g-import-not-at-top
+  done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backbone_split.py"),
+                         "--framework=jax", "--frames=2", "--height=64", "--width=64",
+                         "--threads=1"], capture_output=True, text=True, cwd=ROOT, check=False,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  match = re.search(r"jax\s+2x64x64, 1 threads: forward ([\d.]+) ms, forward\+backward ([\d.]+) ms",
+                    done.stdout)
+  assert match, done.stdout
+  assert float(match.group(2)) > float(match.group(1)) > 0
