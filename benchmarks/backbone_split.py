@@ -12,22 +12,15 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _median_ms(fn, warmup=2, repeats=5):
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return 1000 * float(np.median(times))
+def _median_ms(step):
+  from htt_jax.benchmark import timing  # pylint: disable=g-import-not-at-top
+  return 1000 * float(np.median(timing.time_steps(step, warmup=2, steps=5)))
 
 
 def _jax(frames, height, width):
@@ -81,10 +74,9 @@ def main():
                      [f"--{k}={getattr(args, k)}" for k in ("frames", "height", "width", "threads")],
                      check=True)
     return
-  if hasattr(os, "sched_setaffinity"):  # XLA sizes its thread pool from the allowed CPUs
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:args.threads])
   sys.path.insert(0, ROOT)
+  from htt_jax.benchmark import hardware  # pylint: disable=g-import-not-at-top
+  hardware.pin_cpus(args.threads)  # before JAX starts: XLA sizes its thread pool from it
   times = (_jax(args.frames, args.height, args.width) if args.framework == "jax" else
            _torch(args.frames, args.height, args.width, args.threads))
   backward = times["forward+backward"] - times["forward"]
