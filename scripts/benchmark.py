@@ -27,7 +27,10 @@ def main(argv):
     # JAX takes 75% of a GPU's memory when it starts unless told otherwise; the PyTorch baseline
     # runs on the same GPU in another process and needs room. Read when JAX starts (not yet).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  from htt_jax.benchmark import runner  # pylint: disable=g-import-not-at-top
+  from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  from htt_jax.benchmark import runner, sweep  # pylint: disable=g-import-not-at-top
+  # Before JAX starts: YNNPACK fusions only if every setting of the sweep profits (cpu_flags.py).
+  cpu_flags.configure([sweep.apply(FLAGS.config, o) for o in sweep.settings(FLAGS.config.sweep)])
   rows = runner.run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.output)
   for row in rows:
     print(f"{row['setting']}: {row['frames_per_second']:.1f} frames/s, median step "

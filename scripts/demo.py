@@ -17,8 +17,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from htt_jax import demo  # pylint: disable=g-import-not-at-top
+  from htt_jax import cpu_flags, demo  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
+  cpu_flags.configure([config])  # before JAX starts
   if config.dataset.data_dir == "runs/demo/data":
     with config.unlocked():
       config.dataset.data_dir = os.path.join(FLAGS.workdir, "data")

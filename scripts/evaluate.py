@@ -33,6 +33,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  cpu_flags.configure([FLAGS.config])  # before JAX starts
   import jax  # pylint: disable=g-import-not-at-top
   from htt_jax import evaluate, h2o_export  # pylint: disable=g-import-not-at-top
   checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(FLAGS.workdir, "checkpoints")

@@ -12,7 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from htt_jax import inference
+from htt_jax import cpu_flags, inference
 
 config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
 flags.DEFINE_string("checkpoint_dir", None, "Orbax checkpoint directory (training or converted).")
@@ -26,6 +26,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   config = FLAGS.config
+  cpu_flags.configure([config])  # before JAX starts
   try:
     with np.load(FLAGS.clips, allow_pickle=False) as data:
       clips = {key: data[key] for key in data.files}

@@ -36,6 +36,8 @@ def _start_distributed():
 
 def main(argv):
   del argv
+  from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  cpu_flags.configure([FLAGS.config])  # before JAX starts
   _start_distributed()
   from htt_jax import train  # pylint: disable=g-import-not-at-top  (after distributed init)
   os.makedirs(FLAGS.workdir, exist_ok=True)

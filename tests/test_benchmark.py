@@ -187,3 +187,27 @@ def test_backbone_split_times_forward_and_backward():
                     done.stdout)
   assert match, done.stdout
   assert float(match.group(2)) > float(match.group(1)) > 0
+
+
+def test_conv_layers_shapes_and_jax_timings():
+  """benchmarks/conv_layers.py: ResNet-18's 20 convolutions in 11 distinct shapes (at 96x160 layer4
+  works on 6x10 -> 3x5 maps, hand-computed), and a timing row per shape (JAX side)."""
+  import re  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(ROOT / "benchmarks"))
+  import conv_layers  # pylint: disable=g-import-not-at-top
+  shapes = conv_layers.layer_shapes(96, 160)
+  assert len(shapes) == 11 and sum(r[-1] for r in shapes) == 20
+  assert shapes[0] == ("stem", 96, 160, 3, 64, 7, 2, 3, 1)
+  assert shapes[1] == ("layer1", 24, 40, 64, 64, 3, 1, 1, 4)
+  assert shapes[-3] == ("layer4 3x3/2", 6, 10, 256, 512, 3, 2, 1, 1)
+  assert shapes[-1] == ("layer4 3x3", 3, 5, 512, 512, 3, 1, 1, 3)
+  done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "conv_layers.py"),
+                         "--framework=jax", "--frames=1", "--height=64", "--width=64",
+                         "--threads=1"], capture_output=True, text=True, cwd=ROOT, check=False,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = re.findall(r"^(stem|layer\d[ 0-9x/]*?)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
+                    done.stdout, flags=re.M)
+  assert [r[0] for r in rows] == [r[0] for r in conv_layers.layer_shapes(64, 64)], done.stdout
+  assert all(float(v) >= 0 for r in rows for v in r[2:])  # tiny layers print 0.0 ms
+  assert float(rows[0][2]) > 0 and float(rows[1][4]) > 0  # stem forward, layer1 wgrad

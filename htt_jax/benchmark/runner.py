@@ -10,6 +10,7 @@ so a long sweep that dies keeps what it measured.
 
 import datetime
 import gc
+import os
 import sys
 from typing import Any, Dict, List, Optional
 
@@ -56,7 +57,9 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
   baseline.check(config)
   cpu_threads = hardware.pin_cpus(config.cpu_threads)
   settings = [(o, prepare(config, o)) for o in sweep.settings(config.sweep)]
+  # XLA_FLAGS as JAX read them (cpu_flags.py: the YNNPACK fusions change CPU step times by ~8%).
   common = {"cpu_threads": cpu_threads, "git_commit": hardware.git_commit(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
   baselines = baseline.BaselineRunner()

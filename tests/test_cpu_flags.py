@@ -1,0 +1,135 @@
+"""cpu_flags: which YNNPACK setting a process gets, and that the float32 fusions change no values."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from htt_jax import config_lib, cpu_flags
+
+OURS = "HTT_JAX_YNN_FLAG_SET_BY_HTT_JAX"
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.delenv(OURS, raising=False)
+  return monkeypatch
+
+
+def _ynn(flags):
+  return [f for f in flags.split() if f.startswith(cpu_flags.YNN_FLAG)]
+
+
+def test_import_default_is_off_and_keeps_other_flags(clean_env):
+  clean_env.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+  cpu_flags.set_import_default()
+  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4",
+                                             cpu_flags.OFF]
+
+
+def _config(dtype="float32", batch_norm="frozen"):
+  config = config_lib.base_config()
+  config.dtype, config.model.batch_norm = dtype, batch_norm
+  return config
+
+
+def test_fusions_follow_dtype_and_batch_norm_of_every_run(clean_env, monkeypatch):
+  from jax._src import xla_bridge  # this test process has started JAX; pretend it has not
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  cpu_flags.set_import_default()
+  assert cpu_flags.configure([_config()]) == "--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce"
+  assert _ynn(os.environ["XLA_FLAGS"]) == [cpu_flags.FLOAT32_FUSIONS]
+  # A child process inherits both variables and may choose again (a bfloat16 sweep, say).
+  assert cpu_flags.configure([_config(), _config("bfloat16")]) == cpu_flags.OFF
+  assert _ynn(os.environ["XLA_FLAGS"]) == [cpu_flags.OFF]
+  # Batch statistics (the demo): the reductions alone (with elementwise fusions it was slower).
+  assert cpu_flags.configure([_config(batch_norm="batch")]) == f"{cpu_flags.YNN_FLAG}=reduce"
+  assert cpu_flags.configure([_config(batch_norm="batch"), _config()]) == cpu_flags.OFF
+  assert cpu_flags.configure([config_lib.base_config()]) == cpu_flags.FLOAT32_FUSIONS
+
+
+def test_users_own_setting_is_never_changed(clean_env, monkeypatch):
+  from jax._src import xla_bridge
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
+  clean_env.setenv("XLA_FLAGS", f"{cpu_flags.YNN_FLAG}=dot")
+  cpu_flags.set_import_default()
+  assert cpu_flags.configure([_config()]) == f"{cpu_flags.YNN_FLAG}=dot"
+  assert os.environ["XLA_FLAGS"] == f"{cpu_flags.YNN_FLAG}=dot"
+  clean_env.setenv("XLA_FLAGS", cpu_flags.OFF)  # explicitly off, also for float32
+  assert cpu_flags.configure([_config()]) == cpu_flags.OFF
+
+
+def test_no_change_once_jax_has_started(clean_env):
+  import jax
+  jax.devices()  # the backend reads XLA_FLAGS here, once
+  cpu_flags.set_import_default()
+  assert cpu_flags.configure([_config()]) == cpu_flags.OFF
+  assert _ynn(os.environ["XLA_FLAGS"]) == [cpu_flags.OFF]
+
+
+_CHILD = """
+import functools, sys
+import numpy as np
+from htt_jax import config_lib, cpu_flags
+config = config_lib.base_config()  # float32, stored-statistics BatchNorm: fusions on
+print("FLAG", cpu_flags.configure([config]) if sys.argv[1] == "on" else cpu_flags.OFF)
+import jax, jax.numpy as jnp
+from flax import linen as nn
+from htt_jax.models import initializers, resnet
+out = {}
+x = jax.random.normal(jax.random.key(0), (4, 72, 128, 3))
+model = resnet.ResNet18()
+out["features"] = jax.jit(model.apply)(model.init(jax.random.key(1), x[:1]), x)
+# Per layer (through the whole net a 1e-6 change moves units across ReLU kinks, tests/test_model.py):
+# folded convolution + BatchNorm + ReLU; gradients for its parameters (bias: a sum over N, H, W)
+# and its input.
+conv = functools.partial(nn.Conv, use_bias=False, kernel_init=initializers.torch_conv_kernel)
+norm = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5)
+for name, features, kernel, strides, shape in (("stem", 64, 7, 2, (8, 72, 128, 3)),
+                                               ("layer1", 64, 3, 1, (8, 18, 32, 64))):
+  class ConvBN(nn.Module):
+    @nn.compact
+    def __call__(self, inputs):
+      pad = ((kernel // 2,) * 2,) * 2
+      return nn.relu(resnet.conv_bn(inputs, features, kernel, strides, pad, "conv", "bn",
+                                    conv=conv, norm=norm, folded=True, dtype=jnp.float32))
+  inputs = jax.random.normal(jax.random.key(2), shape)
+  variables = ConvBN().init(jax.random.key(3), inputs)
+  variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(4), v.shape),
+                           variables)
+  variables["batch_stats"]["bn"]["var"] = jnp.abs(variables["batch_stats"]["bn"]["var"])
+  def loss(params, inputs):
+    y = ConvBN().apply({"params": params, "batch_stats": variables["batch_stats"]}, inputs)
+    return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+  g_params, g_inputs = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], inputs)
+  out[name + "/input"] = g_inputs
+  for path, g in jax.tree_util.tree_leaves_with_path(g_params):
+    out[name + jax.tree_util.keystr(path)] = g
+np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in out.items()})
+"""
+
+
+def test_float32_fusions_give_the_same_values_and_gradients(tmp_path):
+  """With YNNPACK's float32 fusions (the scripts' setting) the backbone's features and a layer's
+  gradients equal those without (the library's default) to float32 rounding."""
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OURS)}
+  env["JAX_PLATFORMS"] = "cpu"
+  results = {}
+  for mode in ("on", "off"):
+    out = tmp_path / f"{mode}.npz"
+    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    expected = cpu_flags.FLOAT32_FUSIONS if mode == "on" else cpu_flags.OFF
+    assert f"FLAG {expected}" in proc.stdout
+    results[mode] = dict(np.load(out))
+  on, off = results["on"], results["off"]
+  assert sorted(on) == sorted(off) and len(on) == 9, sorted(on)
+  for key in off:
+    scale = np.abs(off[key]).max()
+    assert scale > 0, key
+    np.testing.assert_allclose(on[key], off[key], atol=1e-5 * scale, err_msg=key)
