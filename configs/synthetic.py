@@ -47,7 +47,7 @@ def get_config(arg=None):
   # pulls on s as hard as the reference's lambda_z = 100 does at 480 px wide.
   config.init.calibrate_pose_head = True
   config.loss.lambda_hand_z = 500.0
-  config.num_train_steps = 600  # 8 min 54 s for the whole demo on a 2-core CPU (README)
+  config.num_train_steps = 600  # whole demo 8 min 54 s to 9 min 59 s on a 2-core CPU (README)
   config.log_every_steps = 20
   config.checkpoint_every_steps = 250
   if arg == "runlocal":

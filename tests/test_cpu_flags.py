@@ -1,4 +1,4 @@
-"""cpu_flags: which YNNPACK setting a process gets, and that the float32 fusions change no values."""
+"""cpu_flags: the YNNPACK setting a process gets; the float32 fusions change no values."""
 
 import os
 import subprocess
@@ -84,7 +84,7 @@ out = {}
 x = jax.random.normal(jax.random.key(0), (4, 72, 128, 3))
 model = resnet.ResNet18()
 out["features"] = jax.jit(model.apply)(model.init(jax.random.key(1), x[:1]), x)
-# Per layer (through the whole net a 1e-6 change moves units across ReLU kinks, tests/test_model.py):
+# Per layer (through the whole net a 1e-6 change moves units across ReLU kinks, test_model.py):
 # folded convolution + BatchNorm + ReLU; gradients for its parameters (bias: a sum over N, H, W)
 # and its input.
 conv = functools.partial(nn.Conv, use_bias=False, kernel_init=initializers.torch_conv_kernel)
