@@ -8,19 +8,12 @@ TensorFlow must not share one; JAX is imported without TF here anyway).
   python benchmarks/backbone_split.py --frames=64 --height=96 --width=160 --threads=2
 """
 
-import argparse
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _median_ms(step):
-  from htt_jax.benchmark import timing  # pylint: disable=g-import-not-at-top
-  return 1000 * float(np.median(timing.time_steps(step, warmup=2, steps=5)))
+import side_by_side  # benchmarks/side_by_side.py, beside this script
+from side_by_side import median_ms
 
 
 def _jax(frames, height, width):
@@ -36,7 +29,7 @@ def _jax(frames, height, width):
     return model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x).sum()
 
   forward, both = jax.jit(loss), jax.jit(jax.grad(loss))
-  return {name: _median_ms(lambda f=f: jax.block_until_ready(f(variables["params"])))
+  return {name: median_ms(lambda f=f: jax.block_until_ready(f(variables["params"])))
           for name, f in (("forward", forward), ("forward+backward", both))}
 
 
@@ -57,26 +50,13 @@ def _torch(frames, height, width, threads):
     model.zero_grad()
     model(x)[0].sum().backward()
 
-  return {"forward": _median_ms(forward), "forward+backward": _median_ms(both)}
+  return {"forward": median_ms(forward), "forward+backward": median_ms(both)}
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--frames", type=int, default=64)
-  parser.add_argument("--height", type=int, default=96)
-  parser.add_argument("--width", type=int, default=160)
-  parser.add_argument("--threads", type=int, default=2, help="CPUs each framework may use")
-  parser.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
-  args = parser.parse_args()
-  if args.framework == "both":
-    for framework in ("jax", "torch"):
-      subprocess.run([sys.executable, __file__, f"--framework={framework}"] +
-                     [f"--{k}={getattr(args, k)}" for k in ("frames", "height", "width", "threads")],
-                     check=True)
+  args = side_by_side.parse_args(__doc__.splitlines()[0])
+  if side_by_side.run_each_framework(__file__, args):
     return
-  sys.path.insert(0, ROOT)
-  from htt_jax.benchmark import hardware  # pylint: disable=g-import-not-at-top
-  hardware.pin_cpus(args.threads)  # before JAX starts: XLA sizes its thread pool from it
   times = (_jax(args.frames, args.height, args.width) if args.framework == "jax" else
            _torch(args.frames, args.height, args.width, args.threads))
   backward = times["forward+backward"] - times["forward"]

@@ -9,14 +9,12 @@ compiled or called alone. Each framework runs in its own process.
   python benchmarks/conv_layers.py --frames=64 --height=96 --width=160 --threads=2
 """
 
-import argparse
 import os
-import subprocess
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import side_by_side  # benchmarks/side_by_side.py, beside this script
+from side_by_side import median_ms
 
 
 def layer_shapes(height, width):
@@ -35,11 +33,6 @@ def layer_shapes(height, width):
   return rows
 
 
-def _median_ms(step):
-  from htt_jax.benchmark import timing  # pylint: disable=g-import-not-at-top
-  return 1000 * float(np.median(timing.time_steps(step, warmup=2, steps=5)))
-
-
 def _jax(frames, height, width):
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax  # pylint: disable=g-import-not-at-top
@@ -55,7 +48,7 @@ def _jax(frames, height, width):
     forward = jax.jit(conv)
     dgrad = jax.jit(lambda x, kernel, g, conv=conv: jax.vjp(lambda a: conv(a, kernel), x)[1](g))
     wgrad = jax.jit(lambda x, kernel, g, conv=conv: jax.vjp(lambda b: conv(x, b), kernel)[1](g))
-    yield name, [_median_ms(lambda f=f: jax.block_until_ready(f(*args)))
+    yield name, [median_ms(lambda f=f: jax.block_until_ready(f(*args)))
                  for f, args in ((forward, (x, kernel)), (dgrad, (x, kernel, g)),
                                  (wgrad, (x, kernel, g)))]
 
@@ -76,28 +69,15 @@ def _torch(frames, height, width, threads):
         torch.ops.aten.convolution_backward(g, x, kernel, None, [s, s], [p, p], [1, 1], False,
                                             [0, 0], 1, mask)
 
-      yield name, [_median_ms(lambda: torch.nn.functional.conv2d(x, kernel, stride=s, padding=p)),
-                   _median_ms(lambda: backward([True, False, False])),
-                   _median_ms(lambda: backward([False, True, False]))]
+      yield name, [median_ms(lambda: torch.nn.functional.conv2d(x, kernel, stride=s, padding=p)),
+                   median_ms(lambda: backward([True, False, False])),
+                   median_ms(lambda: backward([False, True, False]))]
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--frames", type=int, default=64)
-  parser.add_argument("--height", type=int, default=96)
-  parser.add_argument("--width", type=int, default=160)
-  parser.add_argument("--threads", type=int, default=2, help="CPUs each framework may use")
-  parser.add_argument("--framework", choices=["both", "jax", "torch"], default="both")
-  args = parser.parse_args()
-  if args.framework == "both":
-    for framework in ("jax", "torch"):
-      subprocess.run([sys.executable, __file__, f"--framework={framework}"] +
-                     [f"--{k}={getattr(args, k)}" for k in ("frames", "height", "width", "threads")],
-                     check=True)
+  args = side_by_side.parse_args(__doc__.splitlines()[0])
+  if side_by_side.run_each_framework(__file__, args):
     return
-  sys.path.insert(0, ROOT)
-  from htt_jax.benchmark import hardware  # pylint: disable=g-import-not-at-top
-  hardware.pin_cpus(args.threads)  # before JAX starts: XLA sizes its thread pool from it
   rows = (_jax(args.frames, args.height, args.width) if args.framework == "jax" else
           _torch(args.frames, args.height, args.width, args.threads))
   print(f"{args.framework}: {args.frames} frames of {args.height}x{args.width}, {args.threads} "

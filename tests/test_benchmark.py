@@ -174,15 +174,20 @@ def test_pipeline_modes_need_a_data_dir():
     runner.run_benchmark(tiny_config(num_devices=64), "train")
 
 
+def _run_jax_side(script, frames):
+  """Runs a benchmarks/ JAX-vs-PyTorch script's JAX side on tiny 64x64 frames, 1 thread."""
+  done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--framework=jax",
+                         f"--frames={frames}", "--height=64", "--width=64", "--threads=1"],
+                        capture_output=True, text=True, cwd=ROOT, check=False, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return done
+
+
 def test_backbone_split_times_forward_and_backward():
   """benchmarks/backbone_split.py (JAX side; the PyTorch side needs torch): one line with both
   times, and forward+backward takes longer than the forward alone."""
   import re  # pylint: disable=g-import-not-at-top
-  done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "backbone_split.py"),
-                         "--framework=jax", "--frames=2", "--height=64", "--width=64",
-                         "--threads=1"], capture_output=True, text=True, cwd=ROOT, check=False,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+  done = _run_jax_side("backbone_split.py", frames=2)
   match = re.search(r"jax\s+2x64x64, 1 threads: forward ([\d.]+) ms, forward\+backward ([\d.]+) ms",
                     done.stdout)
   assert match, done.stdout
@@ -201,11 +206,7 @@ def test_conv_layers_shapes_and_jax_timings():
   assert shapes[1] == ("layer1", 24, 40, 64, 64, 3, 1, 1, 4)
   assert shapes[-3] == ("layer4 3x3/2", 6, 10, 256, 512, 3, 2, 1, 1)
   assert shapes[-1] == ("layer4 3x3", 3, 5, 512, 512, 3, 1, 1, 3)
-  done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "conv_layers.py"),
-                         "--framework=jax", "--frames=1", "--height=64", "--width=64",
-                         "--threads=1"], capture_output=True, text=True, cwd=ROOT, check=False,
-                        timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
+  done = _run_jax_side("conv_layers.py", frames=1)
   rows = re.findall(r"^(stem|layer\d[ 0-9x/]*?)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
                     done.stdout, flags=re.M)
   assert [r[0] for r in rows] == [r[0] for r in conv_layers.layer_shapes(64, 64)], done.stdout
