@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@if [ -z "$(PYTHON312)" ]; then echo "error: python3.12 not found (install it, or pass PYTHON312=/path/to/python3.12)" >&2; exit 1; fi
 	@if [ ! -x $(PY) ]; then echo "creating $(VENV) with $(PYTHON312)"; $(PYTHON312) -m venv $(VENV); fi
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[torch,test]'
+	$(PY) -m pip install --quiet -e '.[torch,beam,test]'
 	@touch $(STAMP)
 
 # Tests that use PyTorch run in their own process: torch.optim imports triton, whose LLVM crashes

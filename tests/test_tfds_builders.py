@@ -8,6 +8,7 @@ agrees, and clips that read_clips and the training input pipeline read the same 
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 import numpy as np
@@ -214,4 +215,34 @@ def test_build_command_finds_the_builder(fpha_built, tmp_path):
     a = records(sorted(built.glob(f"fpha-{split}.tfrecord-*")))
     b = records(builder.info.splits[split].filepaths)
     assert a == b
+    assert writer.load_manifest(str(built), split)["records"] == len(a)
+
+
+def test_beam_generation_same_records(fpha_built, tmp_path):
+  """Beam generation (each video encoded on a worker) writes what local generation writes."""
+  beam = pytest.importorskip("apache_beam")  # the `beam` extra, installed by `make`
+  raw, _, prepared = fpha_built
+  options = beam.options.pipeline_options.PipelineOptions(
+      ["--runner=DirectRunner", "--direct_num_workers=1"])
+  builder = build(fpha_dataset_builder.Builder, tmp_path, raw, beam_options=options)
+  check_same_as_writer(builder, prepared, ("train", "test"))
+
+
+def test_tfds_executable_builds_with_beam(fpha_built, tmp_path):
+  """The `tfds` command users type (it needs the `beam` extra), with a Beam runner."""
+  pytest.importorskip("apache_beam")
+  raw, builder, _ = fpha_built
+  config = json.dumps(dict(name="tiny", image_size=list(SIZE), **WINDOWING))
+  tfds_command = os.path.join(os.path.dirname(sys.executable), "tfds")
+  result = subprocess.run(
+      [tfds_command, "build", str(ROOT / "data_pipeline" / "tfds" / "fpha"), f"--manual_dir={raw}",
+       f"--data_dir={tmp_path}", f"--config={config}",
+       "--beam_pipeline_options=runner=DirectRunner,direct_num_workers=1"],
+      capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  built = tmp_path / "fpha" / "tiny" / "1.0.0"
+  for split in ("train", "test"):
+    a = records(sorted(built.glob(f"fpha-{split}.tfrecord-*")))
+    assert a == records(builder.info.splits[split].filepaths)
     assert writer.load_manifest(str(built), split)["records"] == len(a)

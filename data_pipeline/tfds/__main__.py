@@ -1,4 +1,4 @@
-"""`tfds build` that starts without Apache Beam: python -m data_pipeline.tfds build DATASET [FLAGS].
+"""`tfds build` without the `beam` extra: python -m data_pipeline.tfds build DATASET [FLAGS].
 
   python -m data_pipeline.tfds build data_pipeline/tfds/fpha --manual_dir=/data/fpha \
       --data_dir=/data/tfds --config=paper
@@ -6,9 +6,9 @@
 Why: the `tfds` command of tensorflow-datasets 4.9.10 imports all of its subcommands when it
 starts: `convert_format` subclasses `apache_beam.DoFn` and `build_croissant` imports
 `mlcroissant`, so `tfds build` fails with "No module named 'apache_beam'" unless both are
-installed, and Beam cannot be installed beside this project's pinned numpy and Pillow (README,
-'TFDS builders'). This runs TFDS's own `build` command (the same flags, dataset discovery and
-generation code), nothing else. Where both are installed, plain `tfds build` does the same.
+installed (the `beam` extra: `pip install -e '.[beam]'`). This runs TFDS's own `build` command
+(the same flags, dataset discovery and generation code), nothing else, so an environment without
+the extra can still build the datasets in one process. With the extra, `tfds build` does the same.
 """
 
 import sys
