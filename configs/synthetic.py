@@ -12,6 +12,8 @@ a higher learning rate with warm-up and cosine decay, no augmentation (too few s
 the pose head started at the mean pose and a heavier depth loss (fx is 5x smaller than at 480 px).
 """
 
+import ml_collections
+
 from htt_jax import config_lib
 
 
@@ -21,6 +23,10 @@ def get_config(arg=None):
   config.dataset.data_dir = "runs/demo/data"
   config.dataset.image_size = (72, 96)
   config.dataset.num_parallel_calls = 2
+  # The demo's data (data_pipeline.synthetic.SyntheticConfig fields), rendered by scripts/demo.py.
+  config.demo_data = ml_collections.ConfigDict(dict(
+      seed=0, num_videos=dict(train=96, val=16, test=32),
+      num_subjects=dict(train=8, val=2, test=4), object_scale=1.3))
   # Augmentation off: too few steps from random weights to profit from it.
   for op in ("brightness", "contrast", "saturation", "hue", "blur_radius", "center_jittering"):
     config.dataset.augment[op] = 0.0

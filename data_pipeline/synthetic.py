@@ -49,7 +49,6 @@ VERBS = {"grab": ("lift", True), "place": ("lift", False), "open": ("twist", Tru
 OBJECTS = {"box": ((220, 130, 30), 0.040), "ball": ((30, 90, 230), 0.045),
            "bottle": ((30, 170, 60), 0.030), "cup": ((220, 30, 45), 0.040),
            "can": ((175, 180, 195), 0.033), "book": ((140, 55, 180), 0.025)}
-_OBJECT_SCALE = 1.3  # sprites and half depths below are scaled by this: big, easy objects
 # Skin tones a subject's colour is interpolated between (light to dark).
 _SKIN = np.array([[240, 200, 170], [215, 165, 125], [180, 125, 85], [125, 85, 55], [85, 55, 38]])
 # Right hand, scale 1, hand frame: x thumb side, y along the fingers, z palm normal. Row 0 is the
@@ -81,6 +80,9 @@ class SyntheticConfig:
   verbs: Tuple[str, ...] = ("grab", "place", "open", "close")
   objects: Tuple[str, ...] = ("box", "ball", "bottle", "cup")
   occlusion_prob: float = 0.5  # fraction of videos with an occluder over the hand for a while
+  # Object sprites and half depths are scaled by this: big objects, still visible around the hand
+  # that holds them.
+  object_scale: float = 1.3
 
   def __post_init__(self):
     bad = [v for v in self.verbs if v not in VERBS] + [o for o in self.objects if o not in OBJECTS]
@@ -91,9 +93,9 @@ class SyntheticConfig:
     if self.num_hands not in (1, 2) or self.seed < 0 or not 2 <= self.frames[0] <= self.frames[1]:
       raise ValueError(f"need num_hands 1 or 2, seed >= 0, 2 <= frames[0] <= frames[1]: {self}")
     if min(self.image_size) < 8 or not 0 <= self.occlusion_prob <= 1 or min(
-        self.num_subjects.get(s, 1) for s in SPLITS) < 1:
-      raise ValueError(f"need image_size >= (8, 8), 0 <= occlusion_prob <= 1 and at least one "
-                       f"subject per split: {self}")
+        self.num_subjects.get(s, 1) for s in SPLITS) < 1 or not 0 < self.object_scale <= 3:
+      raise ValueError(f"need image_size >= (8, 8), 0 <= occlusion_prob <= 1, at least one "
+                       f"subject per split and 0 < object_scale <= 3: {self}")
 
   def videos_in(self, split: str) -> int:
     if isinstance(self.num_videos, Mapping):
@@ -262,7 +264,7 @@ def _make_scene(config: SyntheticConfig, split: str, index: int,
   wave = lambda k, f=1.0: np.sin(2 * np.pi * (f * s + phases[k]))
   wiggle = p["wiggle"] * np.stack([wave(k % 7, 1.0 + 0.3 * k) for k in range(5)], -1)
   rot = _rot(2, roll) @ hand_rot @ _rot(0, reach_pitch * (1 - reach))
-  radius = _OBJECT_SCALE * OBJECTS[config.objects[obj]][1]
+  radius = config.object_scale * OBJECTS[config.objects[obj]][1]
   local = _hand(p, grasp, wiggle)
   grip = p["scale"] * (_GRASP + [0, 0, radius])
   tremor = p["tremor"][1] * np.stack([wave(0, p["tremor"][0]), wave(1, p["tremor"][0]), zero], -1)
@@ -355,7 +357,7 @@ class _Renderer:
     # Object: a sprite at its centre's depth, rolled by its angle.
     z = scene.center[i, 2]
     u, v = (k @ scene.center[i])[:2] / z
-    px = _OBJECT_SCALE * k[0, 0] / z
+    px = self.config.object_scale * k[0, 0] / z
     c, s = np.cos(scene.angle[i]), np.sin(scene.angle[i])
     to_px = lambda pts: [(u + px * (c * x - s * y), v + px * (s * x + c * y)) for x, y in pts]
     for kind, geo, factor, *size in _SPRITES[config.objects[scene.object]]:

@@ -7,19 +7,19 @@ from absl import logging
 
 from htt_jax import evaluate, input_pipeline, train
 
-# Synthetic data of the demo: (videos per split, seed); the image size, T and t come from the config.
-DEMO_VIDEOS = {"train": 96, "val": 16, "test": 32}
-DEMO_SEED = 0
-
-
 def prepare_data(config) -> None:
-  """Generates the synthetic TFRecords unless every split's manifest is already there."""
+  """Generates the synthetic TFRecords unless every split's manifest is already there.
+
+  `config.demo_data` (configs/synthetic.py) holds the data_pipeline.synthetic.SyntheticConfig
+  fields (seed, videos and subjects per split, ...); the image size, T and t come from the rest of
+  the config.
+  """
   from data_pipeline import synthetic, writer  # pylint: disable=g-import-not-at-top
   data_dir = config.dataset.data_dir
-  source = synthetic.SyntheticConfig(seed=DEMO_SEED, num_videos=dict(DEMO_VIDEOS),
-                                     image_size=tuple(config.dataset.image_size))
+  fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
+  source = synthetic.SyntheticConfig(image_size=tuple(config.dataset.image_size), **fields)
   vocabulary = synthetic.load_vocabulary(source)
-  for split in DEMO_VIDEOS:
+  for split in synthetic.SPLITS:
     if os.path.exists(input_pipeline.manifest_path(data_dir, split)):
       continue
     writer.prepare_split(synthetic.iter_videos(source, split), data_dir, split,

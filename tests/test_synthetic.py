@@ -181,7 +181,7 @@ def test_load_image_pickles_and_config_checks():
   np.testing.assert_array_equal(copy(3), video.load_image(3))
   assert synthetic.SyntheticConfig(num_videos=3).videos_in("test") == 3
   for bad in [dict(verbs=("juggle",)), dict(objects=("box", "box")), dict(num_hands=3),
-              dict(frames=(10, 5)), dict(seed=-1)]:
+              dict(frames=(10, 5)), dict(seed=-1), dict(object_scale=0.0)]:
     with pytest.raises(ValueError):
       synthetic.SyntheticConfig(**bad)
 

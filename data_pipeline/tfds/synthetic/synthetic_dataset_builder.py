@@ -3,7 +3,7 @@
   python -m data_pipeline.tfds build data_pipeline/tfds/synthetic --data_dir=/data/tfds
 
 Nothing to download: videos are rendered from the seed. Config `demo` is the data of `make demo`
-(htt_jax/demo.py: seed 0, 96/16/32 videos, 72x96, T=16, t=8).
+(configs/synthetic.py, `demo_data`: seed 0, 96/16/32 videos, 72x96, T=16, t=8).
 """
 
 import dataclasses
