@@ -1,12 +1,15 @@
 """XLA:CPU's YNNPACK fusions: on for the runs they speed up, off otherwise.
 
-jax/jaxlib 0.12.0.1 on this project's 2-core x86 CPU, `scripts/benchmark.py --mode=train`
-(README, Benchmark), with `--xla_cpu_experimental_ynn_fusion_type=eltwise,reduce` against without:
-float32 with stored-statistics BatchNorm (the paper's training) 1521 vs 1698 and 1511 vs 1609 ms
-per step at (96, 160, 2, 32, 16), 6364 vs 7194 ms at (270, 480, 1, 32, 16), 769 vs 766 ms at the
-demo's 72x96; with batch-statistics BatchNorm (`model.batch_norm='batch'`, the demo's 72x96
-model) 898 vs 820 ms, but with the reduction fusions alone 774 vs 823 ms (elementwise alone
-1003 ms; for stored statistics at 96x160 the reductions alone gain nothing: 1658 and 1692 ms).
+jax/jaxlib 0.12.0.1 on this project's 2-core x86 CPUs, `scripts/benchmark.py --mode=train`
+(README, Benchmark). Since the ResNet materialises convolution inputs on CPU (models/resnet.py),
+float32 training is fastest with YNNPACK's reduction fusions alone,
+`--xla_cpu_experimental_ynn_fusion_type=reduce`, whatever the BatchNorm: 2026-12-03, AMD EPYC
+(Zen 3), stored-statistics BatchNorm (the paper's training), median steps of alternating runs at
+(96, 160, 2, 32, 16) 1758 / 1872 / 1855 ms against 1952 / 1958 / 2699 with `eltwise,reduce`,
+and at (270, 480, 1, 32, 16) 7606 / 7568 against 9298 ms. (Before that change `eltwise,reduce`
+was the faster one for stored statistics, because the elementwise fusions absorbed the
+transposes' recomputation.) With batch-statistics BatchNorm (`model.batch_norm='batch'`, the
+demo's 72x96 model) the reductions alone 774 vs 823 ms off, `eltwise,reduce` 898 ms (2026-11-25).
 XLA's own emitter sums a (64, 24, 40, 64) gradient over N, H, W (every bias gradient) in 4.4 ms,
 YNNPACK in 0.4 ms. And with any YNNPACK fusion on, bfloat16 ResNet-18 on XLA:CPU returns NaNs
 (tests/test_model.py's bfloat16 test fails with `eltwise`, `reduce` or both). JAX reads the flag
@@ -14,7 +17,7 @@ once, when it starts its CPU backend, so the choice is per process:
 
 - importing `htt_jax` turns the fusions off (safe for every run), `set_import_default`;
 - the scripts call `configure(configs)` with every config the process will run, before JAX starts;
-  float32 runs get the fusions measured fastest for their BatchNorm (`fusions_for`);
+  float32 runs get the reduction fusions (`fusions_for`);
 - a `--xla_cpu_experimental_ynn_fusion_type` the user put in XLA_FLAGS is never changed.
 """
 
@@ -25,8 +28,7 @@ from absl import logging
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 OFF = f"{YNN_FLAG}="
-FLOAT32_FUSIONS = f"{YNN_FLAG}=eltwise,reduce"  # stored-statistics BatchNorm
-BATCH_STATISTICS_FUSIONS = f"{YNN_FLAG}=reduce"  # batch-statistics BatchNorm
+FLOAT32_FUSIONS = f"{YNN_FLAG}=reduce"  # either BatchNorm
 # Set beside XLA_FLAGS when the value came from us, so that `configure` (also in child processes,
 # which inherit both) may change it, and a user's own setting is left alone.
 _OURS = "HTT_JAX_YNN_FLAG_SET_BY_HTT_JAX"
@@ -47,9 +49,7 @@ def set_import_default() -> None:
 
 def fusions_for(config) -> str:
   """The flag measured fastest for runs like `config` (docstring above)."""
-  if str(config.dtype) != "float32":
-    return OFF
-  return FLOAT32_FUSIONS if config.model.batch_norm == "frozen" else BATCH_STATISTICS_FUSIONS
+  return FLOAT32_FUSIONS if str(config.dtype) == "float32" else OFF
 
 
 def configure(configs: Iterable) -> str:
