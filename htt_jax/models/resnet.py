@@ -25,7 +25,7 @@ from flax import linen as nn
 from jax import lax
 
 from htt_jax.models import initializers
-from htt_jax.models.pooling import relu_max_pool_3x3_s2
+from htt_jax.models.pooling import max_pool_3x3_s2
 
 ModuleDef = Any
 
@@ -145,10 +145,9 @@ class ResNet18(nn.Module):
     fold = self.fold_batch_norm and not batch_statistics
     block_cls: Callable[..., nn.Module] = nn.remat(BasicBlock) if self.remat else BasicBlock
 
-    x = conv_bn(x, self.num_filters, 7, 2, ((3, 3), (3, 3)), "conv1", "bn1", conv=conv,
-                norm=norm, folded=fold, dtype=self.dtype)
-    # ReLU then nn.max_pool, exactly, with the ReLU on the pooled map; cheaper on CPU (pooling.py).
-    x = relu_max_pool_3x3_s2(x)
+    x = nn.relu(conv_bn(x, self.num_filters, 7, 2, ((3, 3), (3, 3)), "conv1", "bn1", conv=conv,
+                        norm=norm, folded=fold, dtype=self.dtype))
+    x = max_pool_3x3_s2(x)  # nn.max_pool's values, a cheaper gradient on CPU (pooling.py)
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
