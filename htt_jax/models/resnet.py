@@ -13,7 +13,9 @@ affine map per channel, so it is folded into the preceding convolution (`conv_bn
 with kernel*s plus a bias, instead of a convolution and then a separate pass over its output. The
 parameters and the gradients are the same (autodiff goes through the fold); the backward pass no
 longer reduces over the convolution's output for the BatchNorm scale, and on GPUs the bias and ReLU
-can join the convolution. `fold_batch_norm=False` computes the plain unfolded form.
+can join the convolution. `fold_batch_norm=False` computes the plain unfolded form. On CPU every
+convolution's input is also kept as one array (`_materialized_on_cpu`), so that XLA does not
+recompute it inside the transposes of the weight gradients.
 """
 
 import functools
