@@ -4,7 +4,9 @@ Where inside the backbone's backward pass is XLA:CPU slower than PyTorch (oneDNN
 distinct convolution shape of ResNet-18 at H x W (stem; layer1; each later stage's strided 3x3,
 its 1x1 shortcut and its 3x3) this times, on N frames, the forward convolution, the gradient for
 its input ("dgrad", not needed for the stem) and the gradient for its kernel ("wgrad"), each
-compiled or called alone. Each framework runs in its own process.
+compiled or called alone. Each framework runs in its own process. Where htt_jax computes a
+convolution as patches x kernel instead (small maps on CPU, models/convolution.py), JAX has a
+second row for it ('<layer> patches').
 
   python benchmarks/conv_layers.py --frames=64 --height=96 --width=160 --threads=2
 """
@@ -34,23 +36,30 @@ def layer_shapes(height, width):
 
 
 def _jax(frames, height, width):
+  """Rows for `lax.conv_general_dilated`, and also for htt_jax's convolution where that computes
+  patches x kernel instead (small maps on CPU, models/convolution.py), named '<layer> patches'."""
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax  # pylint: disable=g-import-not-at-top
   from jax import lax  # pylint: disable=g-import-not-at-top
+  from htt_jax.models import convolution  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   for name, h, w, cin, cout, k, s, p, _ in layer_shapes(height, width):
-    def conv(x, kernel, s=s, p=p):
-      return lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     x = jax.numpy.asarray(rng.normal(size=(frames, h, w, cin)), jax.numpy.float32)
     kernel = jax.numpy.asarray(rng.normal(size=(k, k, cin, cout)), jax.numpy.float32)
-    g = jax.numpy.asarray(rng.normal(size=conv(x, kernel).shape), jax.numpy.float32)
-    forward = jax.jit(conv)
-    dgrad = jax.jit(lambda x, kernel, g, conv=conv: jax.vjp(lambda a: conv(a, kernel), x)[1](g))
-    wgrad = jax.jit(lambda x, kernel, g, conv=conv: jax.vjp(lambda b: conv(x, b), kernel)[1](g))
-    yield name, [median_ms(lambda f=f: jax.block_until_ready(f(*args)))
-                 for f, args in ((forward, (x, kernel)), (dgrad, (x, kernel, g)),
-                                 (wgrad, (x, kernel, g)))]
+    variants = [(name, lax.conv_general_dilated)]
+    if convolution.use_patches((h, w), (k, k), (s, s), ((p, p), (p, p))):
+      variants.append((f"{name} patches", convolution.conv_general_dilated))
+    for row, conv_fn in variants:
+      def conv(x, kernel, s=s, p=p, conv_fn=conv_fn):
+        return conv_fn(x, kernel, (s, s), ((p, p), (p, p)),
+                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      g = jax.numpy.asarray(rng.normal(size=conv(x, kernel).shape), jax.numpy.float32)
+      forward = jax.jit(conv)
+      dgrad = jax.jit(lambda x, kernel, g, conv=conv: jax.vjp(lambda a: conv(a, kernel), x)[1](g))
+      wgrad = jax.jit(lambda x, kernel, g, conv=conv: jax.vjp(lambda b: conv(x, b), kernel)[1](g))
+      yield row, [median_ms(lambda f=f: jax.block_until_ready(f(*args)))
+                  for f, args in ((forward, (x, kernel)), (dgrad, (x, kernel, g)),
+                                  (wgrad, (x, kernel, g)))]
 
 
 def _torch(frames, height, width, threads):
@@ -82,10 +91,11 @@ def main():
           _torch(args.frames, args.height, args.width, args.threads))
   print(f"{args.framework}: {args.frames} frames of {args.height}x{args.width}, {args.threads} "
         f"threads; ms per call (the stem needs no input gradient)")
-  print(f"{'layer':14s} {'count':>5s} {'forward':>8s} {'dgrad':>8s} {'wgrad':>8s}")
+  print(f"{'layer':22s} {'count':>5s} {'forward':>8s} {'dgrad':>8s} {'wgrad':>8s}")
   for name, (forward, dgrad, wgrad) in rows:
-    count = next(r[-1] for r in layer_shapes(args.height, args.width) if r[0] == name)
-    print(f"{name:14s} {count:5d} {forward:8.1f} {dgrad:8.1f} {wgrad:8.1f}", flush=True)
+    count = next(r[-1] for r in layer_shapes(args.height, args.width)
+                 if r[0] == name.removesuffix(" patches"))
+    print(f"{name:22s} {count:5d} {forward:8.1f} {dgrad:8.1f} {wgrad:8.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,7 @@
       --config.dataset.data_dir=runs/demo/data
 
 Training from random weights (no ImageNet backbone) in a few hundred steps on a CPU, so unlike the
-paper configs: small images (72x96: layer4 is 3x3; on this CPU 72x96 trains faster per frame than
-72x128 and, oddly, than heights 64, 56, 48 or 40), short clips (T=16, t=8), narrower encoders
+paper configs: small images (72x96: layer4 is 3x3; lower heights were slow on CPU until models/convolution.py), short clips (T=16, t=8), narrower encoders
 (d=256), BatchNorm on batch statistics (with frozen statistics Adam blows the activations up),
 a higher learning rate with warm-up and cosine decay, no augmentation (too few steps to profit),
 the pose head started at the mean pose and a heavier depth loss (fx is 5x smaller than at 480 px).

@@ -15,7 +15,8 @@ parameters and the gradients are the same (autodiff goes through the fold); the 
 longer reduces over the convolution's output for the BatchNorm scale, and on GPUs the bias and ReLU
 can join the convolution. `fold_batch_norm=False` computes the plain unfolded form. On CPU every
 convolution's input is also kept as one array (`_materialized_on_cpu`), so that XLA does not
-recompute it inside the transposes of the weight gradients.
+recompute it inside the transposes of the weight gradients, and convolutions with small outputs
+(layer3 and layer4 at low resolution) are computed as patches x kernel (models/convolution.py).
 """
 
 import functools
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from jax import lax
 
-from htt_jax.models import initializers
+from htt_jax.models import convolution, initializers
 from htt_jax.models.pooling import max_pool_3x3_s2
 
 ModuleDef = Any
@@ -89,7 +90,7 @@ def conv_bn(x, features, kernel_size, strides, padding, conv_name, bn_name, *, c
   kernel = _ConvKernel((kernel_size, kernel_size, x.shape[-1], features), name=conv_name)()
   scale, bias, mean, var = _FrozenBatchNorm(features, name=bn_name)()
   s = scale * lax.rsqrt(var + epsilon)
-  y = lax.conv_general_dilated(
+  y = convolution.conv_general_dilated(
       x.astype(dtype), (kernel * s).astype(dtype), (strides, strides),
       padding if isinstance(padding, str) else tuple(padding),
       dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -139,7 +140,8 @@ class ResNet18(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
-                             kernel_init=initializers.torch_conv_kernel)
+                             kernel_init=initializers.torch_conv_kernel,
+                             conv_general_dilated=convolution.conv_general_dilated)
     batch_statistics = self.calibrate_batch_norm or (train and self.batch_norm == "batch")
     norm = functools.partial(
         nn.BatchNorm, use_running_average=not batch_statistics,
