@@ -3,7 +3,7 @@
   python -m data_pipeline.tfds build data_pipeline/tfds/synthetic --data_dir=/data/tfds
 
 Nothing to download: videos are rendered from the seed. Config `demo` is the data of `make demo`
-(configs/synthetic.py, `demo_data`: seed 0, 96/16/32 videos, 72x96, T=16, t=8).
+(configs/synthetic.py, `demo_data`: seed 0, 96/16/32 videos, 56x96, T=16, t=8).
 """
 
 import dataclasses
@@ -37,7 +37,7 @@ class Builder(common.WindowedVideoBuilder):
   """Procedural egocentric hand-object videos; splits train, val, test (disjoint subjects)."""
 
   BUILDER_CONFIGS = [
-      SyntheticWindowConfig(name="demo", num_frames=16, window=8, image_size=(72, 96),
+      SyntheticWindowConfig(name="demo", num_frames=16, window=8, image_size=(56, 96),
                             source={"seed": 0, "num_videos": {"train": 96, "val": 16,
                                                               "test": 32}}),
   ]
