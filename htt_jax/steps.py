@@ -83,9 +83,13 @@ def create_train_state(config, rng, steps_per_epoch: int, variables=None) -> Tra
       # Lazy import: PyTorch is only needed when a .pth file is given.
       from htt_jax import import_torch  # pylint: disable=g-import-not-at-top
       variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                           batch_stats=variables["batch_stats"],
-                           tx=make_optimizer(config, steps_per_epoch))
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                            batch_stats=variables["batch_stats"],
+                            tx=make_optimizer(config, steps_per_epoch))
+  # Flax starts `step` as a Python 0, a weakly typed int32 once on a device; a restored step is
+  # strongly typed. A strong int32 from the start gives a fresh and a resumed run the same
+  # abstract state, hence the same compiled train step (and one persistent-cache entry).
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def calibrate_batch_norm(state: TrainState, batch, *, config) -> TrainState:

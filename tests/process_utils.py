@@ -10,12 +10,10 @@ import time
 from conftest import ROOT
 
 
-def env_for(compile_cache: str, devices: int = 0) -> dict:
-  """The environment of a test's training processes: CPU only, quiet TF, and one persistent XLA
-  cache shared by them (the same programs then compile once per test module)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             JAX_COMPILATION_CACHE_DIR=compile_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+def env_for(devices: int = 0) -> dict:
+  """The environment of a test's training processes: CPU only, quiet TF, and the session's
+  persistent XLA cache (conftest.py; the same programs then compile once per test session)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   if devices:  # scripts/train.py takes the CPU device count from XLA_FLAGS.
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
                         + f" --xla_force_host_platform_device_count={devices}").strip()

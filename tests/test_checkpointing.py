@@ -28,12 +28,16 @@ def test_round_trip_keep_n_and_corruption_fallback(smoke_config, tmp_path):
   ckpt.close()
   assert sorted(int(p) for p in os.listdir(directory) if p.isdigit()) == [2, 3]  # keep 2
 
-  target = base
+  target = jax.device_put(base)  # On a device, as train.py holds it.
   restored, metadata = checkpointing.TrainCheckpointer(directory, 1).restore_latest(target)
   assert metadata == {"step": 3, "data": {"epoch": 0, "batches": 3}}
   _assert_same(restored.params, states[3].params)
   _assert_same(restored.opt_state, states[3].opt_state)
   assert int(restored.step) == 3
+  # The same abstract values (dtype, weak type, shape) as a fresh state: a resumed run compiles
+  # the train step of an uninterrupted one (the step counter is not a weakly typed Python 0).
+  aval = lambda tree: jax.tree.map(lambda x: jax.typeof(x), tree)
+  assert aval(restored) == aval(target)
   # Inference reads the same checkpoint's variables.
   variables, _ = checkpointing.restore_variables(directory)
   _assert_same(variables["params"], states[3].params)
