@@ -31,6 +31,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.adam_b1 = 0.9
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
+  # Clip the gradient to this global L2 norm before Adam (0: off, as in the reference).
+  config.grad_clip_norm = 0.0
   config.dtype = "float32"  # Compute dtype: 'float32' | 'bfloat16'. Parameters stay float32.
   config.parallelism = "jit"  # 'jit' (mesh) | 'pmap'.
   config.loss_normalization = "clip"  # 'clip' (paper's 2-GPU run) | 'frame' (single device).
@@ -126,6 +128,9 @@ def validate_config(config, num_devices: int | None = None) -> None:
       or config.lr_warmup_steps < 0):
     raise ValueError(f"config.lr_warmup_steps={config.lr_warmup_steps!r} must be an integer "
                      ">= 0")
+  clip = config.get("grad_clip_norm", 0.0)
+  if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
+    raise ValueError(f"config.grad_clip_norm={clip!r} must be a number >= 0 (0: no clipping)")
   if not 0.0 <= config.model.batch_norm_momentum < 1.0:
     raise ValueError(f"config.model.batch_norm_momentum={config.model.batch_norm_momentum} must "
                      "be in [0, 1)")

@@ -35,6 +35,7 @@ def test_paper_settings():
     ("num_train_steps", 0, "config.num_train_steps=0"),
     ("lr_schedule", "linear", "config.lr_schedule='linear'"),
     ("lr_warmup_steps", -1, "config.lr_warmup_steps=-1"),
+    ("grad_clip_norm", -1.0, "config.grad_clip_norm=-1.0 must be a number >= 0"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()

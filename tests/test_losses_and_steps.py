@@ -257,3 +257,28 @@ def test_warmup_cosine_schedule(smoke_config):
   schedule = steps.learning_rate_schedule(config, steps_per_epoch=7)
   np.testing.assert_allclose([float(schedule(s)) for s in (0, 5, 10, 60, 110)],
                              [0.0, 5e-4, 1e-3, 5e-4, 0.0], atol=1e-9)
+
+
+def test_gradient_clipping_option(smoke_config):
+  """grad_clip_norm > 0 scales a gradient whose global norm exceeds it down to that norm before
+  Adam; smaller gradients pass unchanged; 0 (the reference) is plain Adam."""
+  config = smoke_config.copy_and_resolve_references()
+  params = {"a": jnp.zeros(1), "b": jnp.zeros(1)}
+  big, small = {"a": jnp.array([30.0]), "b": jnp.array([40.0])}, \
+      {"a": jnp.array([0.3]), "b": jnp.array([0.4])}  # global norms 50 and 0.5
+
+  def updates(clip, grads):
+    config.grad_clip_norm = clip
+    tx = steps.make_optimizer(config, steps_per_epoch=10)
+    state, out = tx.init(params), []
+    for g in grads:
+      update, state = tx.update(g, state, params)
+      out.append(np.concatenate([update["a"], update["b"]]))
+    return np.stack(out)
+
+  clipped = updates(1.0, [big, small])
+  # Adam after clipping = plain Adam fed the clipped gradients: big / 50 (norm 1), small as is.
+  np.testing.assert_allclose(
+      clipped, updates(0.0, [jax.tree.map(lambda x: x / 50.0, big), small]), rtol=1e-6)
+  # And not plain Adam on the raw gradients (its second update follows their ratio 100:1).
+  assert not np.allclose(clipped, updates(0.0, [big, small]), rtol=1e-3)
