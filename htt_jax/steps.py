@@ -58,7 +58,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
   """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no clipping: facts 2.5-2.6);
   `config.grad_clip_norm` > 0 clips the gradient's global norm first (an option, off by default)."""
   adam = optax.adam(learning_rate_schedule(config, steps_per_epoch), b1=config.adam_b1,
-                    b2=config.adam_b2, eps=config.adam_eps)
+                   b2=config.adam_b2, eps=config.adam_eps)
   clip = config.get("grad_clip_norm", 0.0)
   return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
 
