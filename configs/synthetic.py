@@ -21,8 +21,8 @@ def get_config(arg=None):
   config = config_lib.base_config()
   config.dataset.name = "synthetic"
   config.dataset.data_dir = "runs/demo/data"
-  # 56x96 (layer4 2x3, fast on CPU since models/convolution.py): 600 steps fit 10 minutes on the
-  # slower Zen 3 machine (README, Demo); 72x96 took 11.5 minutes there.
+  # 56x96 (layer4 2x3, fast on CPU since models/convolution.py): 600 steps took 9 min 52 s on the
+  # Zen 3 machine one afternoon and 12 min 41 s on a slower day (README, Demo); 72x96 took 11.5.
   config.dataset.image_size = (56, 96)
   config.dataset.num_parallel_calls = 2
   # The demo's data (data_pipeline.synthetic.SyntheticConfig fields), rendered by scripts/demo.py.
@@ -55,7 +55,7 @@ def get_config(arg=None):
   # pulls on s as hard as the reference's lambda_z = 100 does at 480 px wide.
   config.init.calibrate_pose_head = True
   config.loss.lambda_hand_z = 500.0
-  config.num_train_steps = 600  # whole demo 9 min 52 s on a 2-core Zen 3 at 56x96 (README)
+  config.num_train_steps = 600  # whole demo 9:52-12:41 on a 2-core Zen 3 at 56x96 (README)
   config.log_every_steps = 20
   config.checkpoint_every_steps = 250
   if arg == "runlocal":
