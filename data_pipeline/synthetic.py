@@ -26,7 +26,8 @@ Scene (camera space: x right, y down, z forward, metres):
   subject  the split unit: hand size and proportions, skin colour, sleeve colour, motion style
            (speed profile, amplitude, tremor), background style (wall, table, clutter palette).
            Splits use disjoint subjects, so test measures generalisation to new people and rooms.
-  render   background (cached per video) + object + forearm, palm and fingers as thick outlined
+  render   background (cached per video; walls, table, clutter, sleeves and occluders in muted
+           colours, `scene_saturation`) + object + forearm, palm and fingers as thick outlined
            lines and joint discs, shaded darker with depth; in some videos an occluder patch covers
            part of the hand for a stretch of frames.
 """
@@ -46,8 +47,9 @@ _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 VERBS = {"grab": ("lift", True), "place": ("lift", False), "open": ("twist", True),
          "close": ("twist", False), "push": ("slide", True), "pull": ("slide", False)}
 # object -> (RGB, half depth in metres: how far in front of the palm its centre sits when held).
+# The cup is magenta, not red: a red cup was the object most often taken for the orange box.
 OBJECTS = {"box": ((220, 130, 30), 0.040), "ball": ((30, 90, 230), 0.045),
-           "bottle": ((30, 170, 60), 0.030), "cup": ((220, 30, 45), 0.040),
+           "bottle": ((30, 170, 60), 0.030), "cup": ((200, 40, 190), 0.040),
            "can": ((175, 180, 195), 0.033), "book": ((140, 55, 180), 0.025)}
 # Skin tones a subject's colour is interpolated between (light to dark).
 _SKIN = np.array([[240, 200, 170], [215, 165, 125], [180, 125, 85], [125, 85, 55], [85, 55, 38]])
@@ -83,6 +85,11 @@ class SyntheticConfig:
   # Object sprites and half depths are scaled by this: big objects, still visible around the hand
   # that holds them.
   object_scale: float = 1.3
+  # Saturation of the scene's own colours (walls, table, sleeves, occluders; the clutter gets 0.35
+  # of it) around their grey: 1 draws them from the whole RGB cube, so that a red wall or an orange
+  # sleeve looks like an object to a network trained from random weights in a few hundred steps
+  # (README, Demo); 0.35 leaves the objects and the skin the only vivid colours.
+  scene_saturation: float = 0.35
 
   def __post_init__(self):
     bad = [v for v in self.verbs if v not in VERBS] + [o for o in self.objects if o not in OBJECTS]
@@ -93,9 +100,11 @@ class SyntheticConfig:
     if self.num_hands not in (1, 2) or self.seed < 0 or not 2 <= self.frames[0] <= self.frames[1]:
       raise ValueError(f"need num_hands 1 or 2, seed >= 0, 2 <= frames[0] <= frames[1]: {self}")
     if min(self.image_size) < 8 or not 0 <= self.occlusion_prob <= 1 or min(
-        self.num_subjects.get(s, 1) for s in SPLITS) < 1 or not 0 < self.object_scale <= 3:
+        self.num_subjects.get(s, 1) for s in SPLITS) < 1 or not 0 < self.object_scale <= 3 or (
+            not 0 <= self.scene_saturation <= 1):
       raise ValueError(f"need image_size >= (8, 8), 0 <= occlusion_prob <= 1, at least one "
-                       f"subject per split and 0 < object_scale <= 3: {self}")
+                       f"subject per split, 0 < object_scale <= 3 and 0 <= scene_saturation <= 1: "
+                       f"{self}")
 
   def videos_in(self, split: str) -> int:
     if isinstance(self.num_videos, Mapping):
@@ -144,19 +153,25 @@ def _frame(fingers, palm):
   return np.stack([np.cross(y, z), y, z], axis=1)
 
 
+def _mute(colour: np.ndarray, saturation: float) -> np.ndarray:
+  """`colour` (..., 3) pulled towards its own grey: saturation 1 keeps it, 0 makes it grey."""
+  return saturation * colour + (1 - saturation) * colour.mean(axis=-1, keepdims=True)
+
+
 def _subject(config: SyntheticConfig, subject: int) -> dict:
   """Everything a person (and their room) fixes: drawn from the seed and the subject number only."""
   rng = np.random.default_rng([config.seed, 101, subject])
   tone = rng.uniform(0, len(_SKIN) - 1)
   lo = int(tone)
   skin = _SKIN[lo] + (tone - lo) * (_SKIN[min(lo + 1, len(_SKIN) - 1)] - _SKIN[lo])
+  mute = lambda colour: _mute(colour, config.scene_saturation)
   return dict(
       scale=rng.uniform(0.97, 1.03), base=_BASE * rng.uniform(0.95, 1.05, (5, 1)),
       phalanx=_PHALANX * rng.uniform(0.94, 1.06, (5, 3)),
-      skin=np.clip(skin + rng.uniform(-12, 12, 3), 0, 255), sleeve=rng.uniform(20, 235, 3),
+      skin=np.clip(skin + rng.uniform(-12, 12, 3), 0, 255), sleeve=mute(rng.uniform(20, 235, 3)),
       gamma=rng.uniform(0.7, 1.4), amplitude=rng.uniform(0.75, 1.25),
       tremor=(rng.uniform(1.5, 4.0), rng.uniform(0.002, 0.006)), wiggle=rng.uniform(0.03, 0.12),
-      wall=rng.uniform(60, 230, 3), table=rng.uniform(50, 210, 3),
+      wall=mute(rng.uniform(60, 230, 3)), table=mute(rng.uniform(50, 210, 3)),
       palette=rng.uniform(30, 230, (4, 3)), horizon=rng.uniform(0.3, 0.5),
       stripes=(rng.uniform(4, 14), rng.uniform(0, np.pi), rng.uniform(3, 12)),
       noise=rng.uniform(2, 6), clutter=int(rng.integers(2, 5)))
@@ -242,7 +257,8 @@ def _make_scene(config: SyntheticConfig, split: str, index: int,
   has_occluder = rng.random() < config.occlusion_prob
   occ_start, occ_len = rng.uniform(0, 0.7), rng.uniform(0.2, 0.45)
   occluder = (int(rng.choice([0, 5, 6, 9, 10, 13, 14, 2, 3])), rng.uniform(-0.02, 0.02, 2),
-              rng.uniform(0.025, 0.045), rng.uniform(0, np.pi), rng.uniform(20, 235, 3))
+              rng.uniform(0.025, 0.045), rng.uniform(0, np.pi),
+              _mute(rng.uniform(20, 235, 3), config.scene_saturation))
   object_color = np.clip(np.array(OBJECTS[config.objects[obj]][0]) + rng.uniform(-15, 15, 3), 0,
                          255)
   background_seed = int(rng.integers(2**31))
@@ -338,7 +354,8 @@ class _Renderer:
     draw = ImageDraw.Draw(pil)
     for _ in range(p["clutter"]):  # blobs and boxes in the subject's palette, placed per video
       colour = p["palette"][rng.integers(4)] + rng.uniform(-20, 20, 3)
-      colour = tuple(int(c) for c in 0.35 * colour + 0.65 * colour.mean())  # muted: objects stand out
+      # Muted: objects stand out.
+      colour = tuple(int(c) for c in _mute(colour, 0.35 * self.config.scene_saturation))
       x, y = rng.uniform(0, w), rng.uniform(0, h)
       rx, ry = rng.uniform(0.03, 0.12) * w, rng.uniform(0.03, 0.12) * w
       shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle

@@ -158,6 +158,36 @@ def test_objects_are_visible_and_distinct():
       assert (diff.max(-1) > 30).mean() > 0.02, (obj, i)
 
 
+def test_scene_saturation_mutes_everything_but_the_objects():
+  """Walls, table, sleeves and occluders keep their brightness and lose contrast between channels
+  in proportion; geometry, labels and the objects' own colour stay exactly as they were."""
+  vivid, muted, half = (dataclasses.replace(SMALL, scene_saturation=s) for s in (1.0, 0.0, 0.5))
+  for subject in range(3):
+    for key in ("sleeve", "wall", "table"):
+      c1, c0, ch = (synthetic._subject(c, subject)[key] for c in (vivid, muted, half))
+      np.testing.assert_allclose(c0, np.full(3, c1.mean()))  # grey of the same brightness
+      np.testing.assert_allclose(ch - ch.mean(), 0.5 * (c1 - c1.mean()))
+      assert np.ptp(c1) > 5  # a colour to begin with
+  scenes = [(synthetic._make_scene(vivid, "train", i), synthetic._make_scene(muted, "train", i))
+            for i in range(24)]
+  a, b = next(pair for pair in scenes if pair[0].occluded.any())
+  np.testing.assert_array_equal(a.joints3d, b.joints3d)
+  np.testing.assert_array_equal(a.object_color, b.object_color)
+  assert a.action == b.action and a.occluded.tolist() == b.occluded.tolist()
+  grey = b.occluder[-1]
+  np.testing.assert_allclose(grey, np.full(3, a.occluder[-1].mean()))
+  i = int(np.argmax(a.occluded))
+  image_a, image_b = synthetic._Renderer(vivid, a)(i), synthetic._Renderer(muted, b)(i)
+  # Every pixel of the object's own (unshaded) colour is where it was, and nowhere else...
+  colour = tuple(int(x) for x in np.clip(a.object_color, 0, 255))
+  on_object = lambda image: (image == colour).all(-1)
+  assert on_object(image_a).sum() > 10
+  np.testing.assert_array_equal(on_object(image_a), on_object(image_b))
+  # ... while the rest of the picture lost most of its colour (background noise keeps a little).
+  chroma = lambda image: np.ptp(image.astype(int), axis=-1)[~on_object(image_a)].mean()
+  assert chroma(image_b) < 0.5 * chroma(image_a)
+
+
 def test_occlusion_in_some_frames():
   scenes = [synthetic._make_scene(SMALL, "train", i) for i in range(24)]
   with_occluder = [s for s in scenes if s.occluded.any()]
@@ -181,7 +211,8 @@ def test_load_image_pickles_and_config_checks():
   np.testing.assert_array_equal(copy(3), video.load_image(3))
   assert synthetic.SyntheticConfig(num_videos=3).videos_in("test") == 3
   for bad in [dict(verbs=("juggle",)), dict(objects=("box", "box")), dict(num_hands=3),
-              dict(frames=(10, 5)), dict(seed=-1), dict(object_scale=0.0)]:
+              dict(frames=(10, 5)), dict(seed=-1), dict(object_scale=0.0),
+              dict(scene_saturation=1.5), dict(scene_saturation=-0.1)]:
     with pytest.raises(ValueError):
       synthetic.SyntheticConfig(**bad)
 
