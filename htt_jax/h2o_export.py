@@ -35,11 +35,12 @@ frame) are never used. Were a frame unpadded in several clips, the first clip in
 import json
 import os
 import re
-import tempfile
 import zipfile
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from htt_jax import config_lib, storage
 
 ACTION_FILE = "action_labels.json"
 HAND_POSE_FILE = "hand_poses.json"
@@ -53,8 +54,9 @@ def segment_id(video_id: str) -> int:
   """'test/0042' (data_pipeline/h2o.py's video ids) -> 42, the id column of the split file."""
   match = re.fullmatch(r"(train|val|test)/(\d+)", str(video_id))
   if not match:
-    raise ValueError(f"video id {video_id!r} is not an H2O segment id ('<split>/<id>'): were the "
-                     "predictions made on data prepared with --dataset=h2o?")
+    raise config_lib.ConfigError(
+        f"video id {video_id!r} is not an H2O segment id ('<split>/<id>'): were the "
+        "predictions made on data prepared with --dataset=h2o?")
   return int(match.group(2))
 
 
@@ -62,10 +64,11 @@ def action_labels(video_ids: Sequence[str], clip_probs, modality: str = "RGB") -
   """{"modality": modality, "<segment id>": H2O action label 1..36, ...}, soft-voted per segment."""
   clip_probs = np.asarray(clip_probs, np.float64)
   if clip_probs.ndim != 2 or clip_probs.shape[1] != NUM_ACTIONS:
-    raise ValueError(f"action probabilities have shape {clip_probs.shape}, expected (clips, "
-                     f"{NUM_ACTIONS}): H2O has {NUM_ACTIONS} actions")
+    raise config_lib.ConfigError(
+        f"action probabilities have shape {clip_probs.shape}, expected (clips, "
+        f"{NUM_ACTIONS}): H2O has {NUM_ACTIONS} actions")
   if len(video_ids) != len(clip_probs):
-    raise ValueError(f"{len(video_ids)} video ids for {len(clip_probs)} clips")
+    raise config_lib.ConfigError(f"{len(video_ids)} video ids for {len(clip_probs)} clips")
   sums = {}
   for video, probs in zip(video_ids, clip_probs):
     key = segment_id(video)
@@ -91,8 +94,9 @@ def hand_poses(video_ids: Sequence[str], frame_idx, not_padding, joints3d, segme
   frame_idx, not_padding = np.asarray(frame_idx), np.asarray(not_padding)
   joints3d = np.asarray(joints3d)
   if joints3d.shape[:2] != frame_idx.shape or joints3d.shape[2:] != (NUM_JOINTS, 3):
-    raise ValueError(f"joints3d has shape {joints3d.shape}, expected {frame_idx.shape} + "
-                     f"({NUM_JOINTS}, 3): H2O predictions have two hands of 21 joints")
+    raise config_lib.ConfigError(
+        f"joints3d has shape {joints3d.shape}, expected {frame_idx.shape} + "
+        f"({NUM_JOINTS}, 3): H2O predictions have two hands of 21 joints")
   predicted = {}
   for video, frames, keep, joints in zip(video_ids, frame_idx, not_padding > 0.5, joints3d):
     seg = segment_id(video)
@@ -101,34 +105,31 @@ def hand_poses(video_ids: Sequence[str], frame_idx, not_padding, joints3d, segme
   by_id = {s.seg_id: s for s in segments}
   unknown = sorted({seg for seg, _ in predicted} - set(by_id))
   if unknown:
-    raise ValueError(f"predictions for segments {unknown[:5]} that the split file does not list: "
-                     "is --h2o_raw_dir the dataset the split was prepared from?")
+    raise config_lib.ConfigError(
+        f"predictions for segments {unknown[:5]} that the split file does not list: "
+        "is --h2o_raw_dir the dataset the split was prepared from?")
   out = {}
   for s in segments:
     missing = [f for f in range(s.start, s.end + 1) if (s.seg_id, f) not in predicted]
     if missing:
-      raise ValueError(f"segment {s.seg_id} ({s.path}, frames {s.start}..{s.end}) has no "
-                       f"prediction for {len(missing)} frame(s), first {missing[:5]}: was the "
-                       "whole split evaluated?")
+      raise config_lib.ConfigError(
+          f"segment {s.seg_id} ({s.path}, frames {s.start}..{s.end}) has no "
+          f"prediction for {len(missing)} frame(s), first {missing[:5]}: was the "
+          "whole split evaluated?")
     for f in range(s.start, s.end + 1):
       out[f"{s.path}/cam4/rgb/{f:06d}.png"] = _hand_pose_value(predicted[(s.seg_id, f)])
   return out
 
 
 def _write_json_and_zip(output_dir: str, name: str, zip_name: str, value) -> str:
-  """Writes name (atomically) and zip_name holding it at the archive's root; returns the zip."""
-  os.makedirs(output_dir, exist_ok=True)
+  """Writes name, then zip_name holding it at the archive's root, each atomically; returns the
+  zip's path."""
   path = os.path.join(output_dir, name)
-  fd, tmp = tempfile.mkstemp(dir=output_dir, suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(value, f)
-  os.replace(tmp, path)
+  storage.write_text(path, json.dumps(value))
   archive = os.path.join(output_dir, zip_name)
-  fd, tmp = tempfile.mkstemp(dir=output_dir, suffix=".tmp")
-  os.close(fd)
-  with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-    z.write(path, arcname=name)
-  os.replace(tmp, archive)
+  with storage.replacing(archive) as temporary:
+    with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as z:
+      z.write(path, arcname=name)
   return archive
 
 
@@ -148,11 +149,13 @@ def export(predictions_path: str, output_dir: str, raw_dir: Optional[str] = None
     segments = h2o.split_segments(raw_dir, split)
     unlabelled = [s.seg_id for s in segments if str(s.seg_id) not in labels]
     if unlabelled:
-      raise ValueError(f"no prediction for segments {unlabelled[:5]} of the {split} split file: "
-                       "was the whole split evaluated?")
+      raise config_lib.ConfigError(
+          f"no prediction for segments {unlabelled[:5]} of the {split} split file: "
+          "was the whole split evaluated?")
     missing = [k for k in ("frame_idx", "not_padding", "joints3d") if k not in predictions]
     if missing:
-      raise ValueError(f"{predictions_path} has no {missing}: evaluate again with this version")
+      raise config_lib.ConfigError(
+          f"{predictions_path} has no {missing}: evaluate again with this version")
     poses = hand_poses(video_ids, predictions["frame_idx"], predictions["not_padding"],
                        predictions["joints3d"], segments)
     written[HAND_POSE_ZIP] = _write_json_and_zip(output_dir, HAND_POSE_FILE, HAND_POSE_ZIP, poses)

@@ -5,17 +5,29 @@
       [--config.baseline=torch]
 
 --mode: train (step with the Adam update, random batches), eval (forward pass), input (the
-tf.data pipeline alone; needs --config.dataset.data_dir), end_to_end (pipeline + train step).
-Writes F.json (one object per setting), F.md (a table) and F.png (frames/s against batch size).
+tf.data pipeline alone; needs --config.dataset.data_dir), end_to_end (pipeline + train step);
+ResNet-18 alone on the frames of one batch (batch_size x T): backbone (forward, and forward +
+backward) or conv_layers (each distinct convolution: forward, input and kernel gradients), e.g.
+
+  python scripts/benchmark.py --config=configs/benchmark.py --mode=backbone \
+      --output=runs/bench/backbone.json --config.baseline=torch --config.cpu_threads=2
+
+Writes F.json (one object per setting), F.md (a table) and F.png (frames/s against batch size;
+for conv_layers each convolution's time). With --config.baseline=torch the PyTorch counterpart
+runs in its own process on the same CPUs (htt_jax/baselines/).
 """
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from htt_jax import cli
+
 config_flags.DEFINE_config_file("config", None, "Benchmark config file.", lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "eval", "input", "end_to_end"], "What to time.")
+# runner.MODES (not imported here: JAX must not start before cpu_flags.configure).
+flags.DEFINE_enum("mode", "train", ["train", "eval", "input", "end_to_end", "backbone",
+                                    "conv_layers"], "What to time.")
 flags.DEFINE_string("output", None, "Results file F.json (F.md and F.png are written beside it).")
 flags.mark_flags_as_required(["config", "output"])
 FLAGS = flags.FLAGS
@@ -28,14 +40,13 @@ def main(argv):
     # runs on the same GPU in another process and needs room. Read when JAX starts (not yet).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
-  from htt_jax.benchmark import runner, sweep  # pylint: disable=g-import-not-at-top
+  from htt_jax.benchmark import report, runner, sweep  # pylint: disable=g-import-not-at-top
   # Before JAX starts: YNNPACK fusions only if every setting of the sweep profits (cpu_flags.py).
   cpu_flags.configure([sweep.apply(FLAGS.config, o) for o in sweep.settings(FLAGS.config.sweep)])
   rows = runner.run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.output)
   for row in rows:
-    print(f"{row['setting']}: {row['frames_per_second']:.1f} frames/s, median step "
-          f"{row['step_time_ms_median']:.1f} ms")
+    print(report.summary(row))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

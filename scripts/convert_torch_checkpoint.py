@@ -12,7 +12,7 @@ executing pickled code (see htt_jax/import_torch.py); nothing is written unless 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htt_jax import config_lib, import_torch
+from htt_jax import cli, config_lib, cpu_flags, import_torch
 
 config_flags.DEFINE_config_file("config", None, "Model config; its heads must match the file.",
                                 lock_config=True)
@@ -26,16 +26,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config
-  try:
-    config_lib.validate_config(config)
-    path = import_torch.convert_reference_checkpoint(FLAGS.torch_checkpoint, config,
-                                                     FLAGS.output_dir)
-  except (ValueError, OSError, ImportError) as e:
-    # The library's errors already name the file and every problem; a traceback adds nothing.
-    raise SystemExit(f"error: {e}")
+  config_lib.validate_config(config)
+  cpu_flags.configure([config])  # before JAX starts (it only traces shapes here: for consistency)
+  path = import_torch.convert_reference_checkpoint(FLAGS.torch_checkpoint, config,
+                                                   FLAGS.output_dir)
   logging.info("wrote %s", path)
   print(path)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Every failure of the conversion is about the file it reads or the folder it writes (a missing
+  # or unsafe .pth, weights that do not fit the config, no PyTorch): all reported as one line.
+  cli.run(main, user_errors=(ValueError, OSError, ImportError))

@@ -5,8 +5,10 @@
 
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from htt_jax import cli, config_lib
 
 config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic.py"),
@@ -17,8 +19,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  from htt_jax import cpu_flags, demo  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
+  config_lib.validate_config(config)  # before the library (and TensorFlow) load
+  from htt_jax import cpu_flags, demo  # pylint: disable=g-import-not-at-top
   cpu_flags.configure([config])  # before JAX starts
   if config.dataset.data_dir == "runs/demo/data":
     with config.unlocked():
@@ -27,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

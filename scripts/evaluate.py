@@ -14,8 +14,10 @@ H2O challenge submissions in <workdir>/eval/<split>/h2o/ (htt_jax/h2o_export.py)
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from htt_jax import cli, config_lib
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ inside; eval/ written here).")
@@ -33,6 +35,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  # A mistake in the config stops the run here, before JAX starts.
+  config_lib.validate_config(FLAGS.config)
+  cli.require_data_dir(FLAGS.config)
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   cpu_flags.configure([FLAGS.config])  # before JAX starts
   import jax  # pylint: disable=g-import-not-at-top
@@ -49,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

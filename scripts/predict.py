@@ -3,16 +3,16 @@
   python scripts/predict.py --config=configs/fpha.py --checkpoint_dir=runs/fpha/checkpoints \
       --clips=clips.npz --output=predictions.npz
 
-The input and output keys are described in htt_jax/inference.py and README.
+The input and output keys are described in htt_jax/inference.py and docs/evaluation.md.
 """
 
 import zipfile
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 import numpy as np
 
-from htt_jax import cpu_flags, inference
+from htt_jax import cli, config_lib, cpu_flags, inference, storage
 
 config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
 flags.DEFINE_string("checkpoint_dir", None, "Orbax checkpoint directory (training or converted).")
@@ -26,17 +26,18 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   config = FLAGS.config
+  config_lib.validate_config(config)
   cpu_flags.configure([config])  # before JAX starts
   try:
     with np.load(FLAGS.clips, allow_pickle=False) as data:
       clips = {key: data[key] for key in data.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
-    raise SystemExit(f"cannot read --clips={FLAGS.clips}: {e}")
+    raise config_lib.ConfigError(f"cannot read --clips={FLAGS.clips}: {e}") from e
   # Check the input before restoring weights or compiling anything.
   inference.validate_clips(clips, config, source=FLAGS.clips)
   predictor = inference.Predictor.from_checkpoint(config, FLAGS.checkpoint_dir, FLAGS.step)
   result = predictor.predict(clips, source=FLAGS.clips)
-  inference.save_npz_atomic(FLAGS.output, result)
+  storage.save_npz(FLAGS.output, result)
   logging.info("wrote %s: %s", FLAGS.output,
                ", ".join(f"{k} {v.shape}" for k, v in sorted(result.items())))
   for key in sorted(k for k in result if k.startswith("loss/")):
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -7,7 +7,7 @@
 
 Rerunning the same command resumes an interrupted conversion (finished shards are kept); output of
 another configuration in --output_dir is refused. The file layout and manifest keys are described
-in data_pipeline/writer.py.
+in data_pipeline/schema.py, the conversion (plan, shards, workers) in data_pipeline/writer.py.
 """
 
 import dataclasses
@@ -19,13 +19,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
+from htt_jax import cli, config_lib  # pylint: disable=g-import-not-at-top
+
 flags.DEFINE_enum("dataset", None, ["fpha", "h2o", "synthetic"], "Which source to convert.")
 flags.DEFINE_string("raw_dir", None, "Raw dataset folder (fpha, h2o); ignored for synthetic.")
 flags.DEFINE_string("output_dir", None, "Where shards and manifests go.")
 flags.DEFINE_list("image_size", ["270", "480"], "Stored frame size H,W (2D joints and intrinsics "
                   "are scaled to match).")
 flags.DEFINE_integer("num_frames", 128, "T: frames per clip.")
-flags.DEFINE_integer("window", 16, "t: frames per window of block P (= training offsets per block).")
+flags.DEFINE_integer("window", 16,
+                     "t: frames per window of block P (= training offsets per block).")
 flags.DEFINE_integer("spacing", 2, "Temporal spacing between a clip's frames.")
 flags.DEFINE_list("splits", None, "Splits to convert; default: all of the dataset's splits.")
 flags.DEFINE_enum("image_format", "jpeg", ["jpeg", "png"], "Stored frame encoding.")
@@ -90,7 +93,7 @@ def main(argv):
           min_shards=FLAGS.min_shards, num_workers=FLAGS.num_workers, vocabulary=vocabulary,
           dataset_name=FLAGS.dataset, image_size=image_size)
     except ValueError as e:  # bad data or a conflicting --output_dir: the message says which file
-      raise SystemExit(f"prepare_data.py: split {split!r}: {e}") from e
+      raise config_lib.ConfigError(f"split {split!r}: {e}") from e
     logging.info("%s: %d videos, %d training / %d evaluation clips, %d frames (%d stored), "
                  "%d shards, %.1f MB, %.1f kB per stored frame", split,
                  manifest["videos"]["count"], manifest["clips"]["train"],
@@ -101,4 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from htt_jax import cli, config_lib
+
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard files go.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host by hand).")
@@ -28,7 +30,8 @@ def _start_distributed():
     if any(v is None for v in by_hand):
       raise app.UsageError("--coordinator_address, --num_processes and --process_id go together")
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  elif any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS")):
+  elif any(k in os.environ
+           for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID", "JAX_COORDINATOR_ADDRESS")):
     jax.distributed.initialize()
   logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
@@ -36,6 +39,9 @@ def _start_distributed():
 
 def main(argv):
   del argv
+  # A mistake in the config stops the run here, before JAX starts.
+  config_lib.validate_config(FLAGS.config)
+  cli.require_data_dir(FLAGS.config)
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   cpu_flags.configure([FLAGS.config])  # before JAX starts
   _start_distributed()
@@ -45,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,8 +17,8 @@ import pytest
 import raw_layouts as rl
 from conftest import ROOT, load_config
 from data_pipeline import h2o, writer
-from htt_jax import checkpointing, h2o_export, steps
-from htt_jax.models import build_model
+from htt_jax import checkpointing, h2o_export
+from htt_jax.models import build_model, init_variables
 
 T = 8
 # Test segments long enough for several evaluation clips each (starts 0, 1, 16, 17, ...), two in
@@ -108,7 +108,7 @@ def test_export_of_the_ground_truth_reproduces_the_annotation(h2o_data, tmp_path
 def _random_variables(config):
   """Small random weights of the right shapes, without compiling the initialiser."""
   model = build_model(config)
-  shapes = jax.eval_shape(functools.partial(steps.init_variables, model, config=config),
+  shapes = jax.eval_shape(functools.partial(init_variables, model, config=config),
                           jax.random.key(0))
   rng = np.random.default_rng(0)
 

@@ -1,0 +1,130 @@
+"""Scripts report a user's mistake as one `error: ...` line and exit 1; bugs keep their traceback.
+
+Each script run here fails before anything is compiled (most before JAX starts), so these stay
+cheap.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app
+
+from conftest import ROOT
+from htt_jax import cli, config_lib
+
+
+def _script(name, *args, timeout=300):
+  run = subprocess.run([sys.executable, f"scripts/{name}.py", *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=timeout)
+  return run
+
+
+def _assert_one_error_line(run, *names):
+  """Exit status 1, exactly one `error:` line naming every one of `names`, no traceback."""
+  assert run.returncode == 1, (run.returncode, run.stderr[-3000:])
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
+  errors = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, run.stderr[-3000:]
+  for name in names:
+    assert name in errors[0], errors[0]
+  return errors[0]
+
+
+@pytest.mark.parametrize("override, names", [
+    ("--config.batch_size=-1", ["config.batch_size=-1", "positive"]),
+    ("--config.model.window=5", ["config.model.window", "t=5", "T=32"]),
+    ("--config.dataset.data_dir=", ["config.dataset.data_dir", "prepare_data.py"]),
+])
+def test_train_reports_config_mistakes_in_one_line(tmp_path, override, names):
+  run = _script("train", "--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}", override)
+  _assert_one_error_line(run, *names)
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_train_reports_a_data_dir_without_a_manifest(tmp_path):
+  run = _script("train", "--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
+                f"--config.dataset.data_dir={tmp_path / 'empty'}")
+  _assert_one_error_line(run, "train.manifest.json", "config.dataset.data_dir")
+
+
+def test_evaluate_reports_a_missing_checkpoint(tmp_path):
+  run = _script("evaluate", "--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
+                f"--config.dataset.data_dir={tmp_path}")
+  _assert_one_error_line(run, str(tmp_path / "run" / "checkpoints"))
+
+
+def test_predict_reports_a_missing_or_wrong_clips_file(tmp_path):
+  common = ["--config=configs/smoke.py", f"--checkpoint_dir={tmp_path}",
+            f"--output={tmp_path / 'out.npz'}"]
+  missing = tmp_path / "missing.npz"
+  _assert_one_error_line(_script("predict", *common, f"--clips={missing}"), str(missing))
+  wrong = tmp_path / "wrong.npz"
+  np.savez(wrong, images=np.zeros((32, 72, 128, 3), np.uint8))
+  _assert_one_error_line(_script("predict", *common, f"--clips={wrong}"), str(wrong),
+                         "'intrinsics'")
+  assert not (tmp_path / "out.npz").exists()
+
+
+def test_other_scripts_report_mistakes_in_one_line(tmp_path):
+  _assert_one_error_line(
+      _script("prepare_data", "--dataset=fpha", f"--raw_dir={tmp_path / 'nope'}",
+              f"--output_dir={tmp_path / 'out'}"), "--raw_dir")
+  _assert_one_error_line(
+      _script("benchmark", "--config=configs/benchmark.py", f"--output={tmp_path / 'b.json'}",
+              "--config.sweep=no_such_key=1"), "config.sweep", "no_such_key")
+  _assert_one_error_line(
+      _script("demo", f"--workdir={tmp_path / 'demo'}", "--config.batch_size=0"),
+      "config.batch_size=0")
+  _assert_one_error_line(
+      _script("convert_torch_checkpoint", "--config=configs/smoke.py",
+              f"--torch_checkpoint={tmp_path / 'none.pth'}", f"--output_dir={tmp_path / 'ck'}"),
+      "none.pth")
+
+
+# The mechanism itself, in this process.
+
+def _exit_of(main, user_errors=()):
+  with pytest.raises(SystemExit) as exit_info:
+    cli.guard(main, user_errors)([])
+  return exit_info.value.code
+
+
+def _raiser(error):
+  def main(argv):
+    del argv
+    raise error
+  return main
+
+
+@pytest.mark.parametrize("error", [
+    config_lib.ConfigError("config.k=1 is wrong"), FileNotFoundError("no /x"),
+    FileExistsError("/x exists"), PermissionError("/x: denied"), app.UsageError("--x is wrong"),
+])
+def test_users_mistakes_become_one_line(error):
+  code = _exit_of(_raiser(error))
+  assert code == f"error: {error}"  # SystemExit(str): printed to stderr, exit status 1
+
+
+def test_bugs_keep_their_traceback():
+  for bug in (ValueError("shapes do not match"), KeyError("k"), TypeError("t"), OSError("io")):
+    with pytest.raises(type(bug)):
+      cli.guard(_raiser(bug))([])
+
+
+def test_a_script_may_name_more_user_errors():
+  assert _exit_of(_raiser(ValueError("bad .pth")), user_errors=(ValueError,)) == \
+      "error: bad .pth"
+
+
+def test_success_passes_through():
+  assert cli.guard(lambda argv: 7)([]) == 7
+
+
+def test_no_jax_or_tensorflow_import():
+  code = ("import sys; from htt_jax import cli; "
+          "print(sorted(m for m in ('jax', 'tensorflow', 'torch') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=ROOT)
+  assert out.stdout.strip() == "[]"
