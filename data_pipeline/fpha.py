@@ -1,6 +1,6 @@
 """FPHA (First-Person Hand Action benchmark) source: a raw dataset folder -> `Video`s.
 
-Reads the files the reference reads (facts 3.1), under `raw_dir`:
+Reads the files the reference reads (reference.md §3.1), under `raw_dir`:
   data_split_action_recognition.txt    line 1 = training header, then `Subject_k/action/seq label`
                                        lines; a line starting with 'Test' starts the test list.
   action_object_info.txt               header, then `action_id action_name object_name ...`.
@@ -29,9 +29,9 @@ SPLITS = ("train", "test")
 SPLIT_FILE = "data_split_action_recognition.txt"
 ACTION_FILE = "action_object_info.txt"
 NUM_JOINTS = 21
-# Native FPHA joint order -> wrist, thumb MCP..TIP, index, middle, ring, pinky (facts 3.1).
+# Native FPHA joint order -> wrist, thumb MCP..TIP, index, middle, ring, pinky (reference.md §3.1).
 JOINT_ORDER = (0, 1, 6, 7, 8, 2, 9, 10, 11, 3, 12, 13, 14, 4, 15, 16, 17, 5, 18, 19, 20)
-# World -> colour camera, X_cam = R X + t, millimetres (facts 3.1).
+# World -> colour camera, X_cam = R X + t, millimetres (reference.md §3.1).
 CAM_EXTRINSIC = np.array([
     [0.999988496304, -0.00468848412856, 0.000982563360594, 25.7],
     [0.00469115935266, 0.999985218048, -0.00273845880292, 1.22],
@@ -52,7 +52,8 @@ def _read_lines(path: str, what: str) -> List[str]:
 
 
 def _action_table(raw_dir: str):
-  """actions [name], objects [name], name -> (action index, object index) (facts 3.1, 6.14)."""
+  """actions [name], objects [name], name -> (action index, object index)
+  (reference.md §3.1, §6.14)."""
   path = os.path.join(raw_dir, ACTION_FILE)
   lines = _read_lines(path, "action/object table")
   by_id, objects, object_index = {}, [], {}
@@ -68,7 +69,7 @@ def _action_table(raw_dir: str):
     if action_id in by_id or any(action == a for a, _ in by_id.values()):
       raise ValueError(f"{path}:{n}: action id {action_id} or name {action!r} appears twice")
     # Object index = order of first appearance reading top-down: the released checkpoints'
-    # object head was trained with exactly this numbering (decision 6.14).
+    # object head was trained with exactly this numbering (reference.md §6.14).
     if obj not in object_index:
       object_index[obj] = len(objects)
       objects.append(obj)
@@ -144,7 +145,7 @@ def _read_skeleton(path: str, num_frames: int) -> np.ndarray:
     raise image_io.MissingFileError(f"{path}: hand pose file not found") from None
   rows = [(n, line.split()) for n, line in enumerate(lines, start=1) if line.strip()]
   if not rows:
-    # The reference would store this video under another key and crash later (decision 6.23).
+    # The reference would store this video under another key and crash later (reference.md §6.23).
     raise ValueError(f"{path}: empty skeleton file, expected {num_frames} rows")
   if len(rows) < num_frames:
     raise ValueError(f"{path}: {len(rows)} rows, expected {num_frames} (frame count in "

@@ -1,6 +1,6 @@
 """H2O (two hands and objects) source: a raw dataset folder -> one `Video` per action segment.
 
-Reads the files the reference reads (facts 3.2), under `raw_dir`:
+Reads the files the reference reads (reference.md §3.2), under `raw_dir`:
   action_labels/action_{train,val,test}.txt   header line, then one line per segment:
       train/val: `id path action_label start_act end_act start_frame end_frame`;
       test:      `id path start_act end_act start_frame end_frame` (public file, no labels), or the
@@ -15,7 +15,7 @@ indexes its segment list with id - 1, so ids must be 1..n in order). Joints 0-20
 hand, 21-41 the right, in H2O's native order. Action index = label - 1; the object of every frame
 is the last word of the action name.
 
-Decisions (facts section 6):
+Decisions (reference.md §6):
   6.11 The public action_test.txt has no labels. A 6-column test file gives unlabelled videos
        (action -1, object -1), frames from its start_act/end_act columns; use `val` for local
        validation. A 7-column test file is read as the reference does (start/end in columns 2-3,
@@ -35,7 +35,7 @@ from data_pipeline import image_io
 from data_pipeline.video import Video
 
 SPLITS = ("train", "val", "test")
-# Index = H2O action id - 1 (id 0, background, is never used), facts 3.2.
+# Index = H2O action id - 1 (id 0, background, is never used), reference.md §3.2.
 ACTIONS = (
     "grab book", "grab espresso", "grab lotion", "grab spray", "grab milk", "grab cocoa",
     "grab chips", "grab cappuccino", "place book", "place espresso", "place lotion",
@@ -48,7 +48,7 @@ ACTIONS = (
 OBJECTS = ("book", "espresso", "lotion", "spray", "milk", "cocoa", "chips", "cappuccino")
 NUM_JOINTS = 42
 POSE_NUMBERS = 128  # [left flag, 63 left xyz, right flag, 63 right xyz]
-# cam4 at full resolution (H, W) = (720, 1280), the same for every sequence (decision 6.13).
+# cam4 at full resolution (H, W) = (720, 1280), the same for every sequence (reference.md §6.13).
 FX, FY, CX, CY = 636.6593017578125, 636.251953125, 635.283881879317, 366.8740353496978
 FULL_SIZE = (720, 1280)
 
@@ -160,7 +160,7 @@ def _frame_loader(raw_dir: str, segment: Segment, image_size):
 
 
 def project(joints: np.ndarray, valid: np.ndarray, image_size: Tuple[int, int]) -> np.ndarray:
-  """(L, 42, 2) pixels of the stored image; hands not valid get (0, 0) (decision 6.12)."""
+  """(L, 42, 2) pixels of the stored image; hands not valid get (0, 0) (reference.md §6.12)."""
   joint_valid = np.repeat(valid, NUM_JOINTS // 2, axis=1)  # (L, 42)
   z = np.where(joint_valid, joints[..., 2], 1.0)
   u = FX * joints[..., 0] / z + CX

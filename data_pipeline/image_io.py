@@ -1,7 +1,7 @@
 """Image reading and resizing shared by the FPHA and H2O sources.
 
-The reference trains on 480x270 copies of the raw frames made by its preprocessing (facts 3.3,
-decision 6.15), and the two datasets were shrunk differently:
+The reference trains on 480x270 copies of the raw frames made by its preprocessing
+(reference.md §3.3, §6.15), and the two datasets were shrunk differently:
   FPHA: PIL `resize((480, 270), BILINEAR)` (antialiased on downscale), saved as JPEG quality 75;
   H2O:  OpenCV `resize(..., (480, 270))` (INTER_LINEAR, no antialias), saved as PNG.
 When a raw folder holds only the originals, `FrameLoader` redoes that step in memory so that the
@@ -80,7 +80,8 @@ def _linear_taps(src: int, dst: int, clamp_weights: bool):
 
 
 def resize_linear_cv(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-  """cv2.resize(image, (W, H)) with INTER_LINEAR for uint8 images, no antialias (H2O, facts 3.3).
+  """cv2.resize(image, (W, H)) with INTER_LINEAR for uint8 images, no antialias
+  (H2O, reference.md §3.3).
 
   Follows OpenCV's fixed-point path for 8-bit images: a horizontal pass with 11-bit integer
   weights into an int buffer, then a vertical pass that (as OpenCV's SIMD kernel does) shifts the
@@ -149,7 +150,7 @@ def scale_intrinsics(fx: float, fy: float, cx: float, cy: float, full_size: Tupl
   """(3, 3) float64 intrinsics of the full-resolution camera for an image of `image_size`.
 
   Rows 0-1 scale by W/W_full and H/H_full, as the reference's x1/4 (FPHA) and x0.375 (H2O) do for
-  480x270 (facts 3.1, 3.2).
+  480x270 (reference.md §3.1, §3.2).
   """
   sx, sy = image_size[1] / full_size[1], image_size[0] / full_size[0]
   return np.array([[fx * sx, 0.0, cx * sx], [0.0, fy * sy, cy * sy], [0.0, 0.0, 1.0]])

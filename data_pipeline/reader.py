@@ -1,12 +1,13 @@
-"""`read_clips`: the clips of a prepared split as numpy dicts, in the reference's order.
+"""Reading prepared splits outside the training pipeline: clips for checks, joints for evaluation.
 
-It uses the training reader's own pieces (schema.parse_record, decode_images, cut_clip), so what
-evaluation and checks read is cut exactly as what training reads. Each record (window) is decoded
-once and all of its clips are cut from the decoded frames: a window's t training clips share
-almost all frames.
+`read_clips` gives the clips of a split as numpy dicts, in the reference's order. It uses the
+training reader's own pieces (schema.parse_record, decode_images, cut_clip), so what evaluation
+and checks read is cut exactly as what training reads. Each record (window) is decoded once and
+all of its clips are cut from the decoded frames: a window's t training clips share almost all
+frames. `mean_joints3d` averages a split's stored poses (evaluation's mean-pose baseline) without
+decoding a single image.
 """
 
-import os
 from typing import Any, Dict, Iterator, List
 
 import numpy as np
@@ -14,7 +15,15 @@ import tensorflow as tf
 
 from data_pipeline import schema
 from data_pipeline import windowing
-from data_pipeline import writer
+
+
+def _read(files: List[str], parse) -> tf.data.Dataset:
+  """parse(serialized record) of every record of `files`, in file order."""
+  options = tf.data.Options()
+  options.deterministic = True
+  # Reading is a side job (evaluation, checks): keep its threads from competing with XLA.
+  options.threading.private_threadpool_size = 2
+  return tf.data.TFRecordDataset(files).map(parse).prefetch(1).with_options(options)
 
 
 def _records(files: List[str], height: int, width: int) -> tf.data.Dataset:
@@ -23,11 +32,22 @@ def _records(files: List[str], height: int, width: int) -> tf.data.Dataset:
     record = schema.parse_record(serialized)
     record["image"] = schema.decode_images(record["image"], height, width)
     return record
-  options = tf.data.Options()
-  options.deterministic = True
-  # Reading is a side job (evaluation, checks): keep its threads from competing with XLA.
-  options.threading.private_threadpool_size = 2
-  return tf.data.TFRecordDataset(files).map(parse).prefetch(1).with_options(options)
+  return _read(files, parse)
+
+
+def mean_joints3d(data_dir: str, split: str) -> np.ndarray:
+  """(J, 3) mean camera-space pose over every stored frame of a split (annotations only): the
+  t - 1 frames that consecutive windows share count twice."""
+  manifest = schema.load_manifest(data_dir, split)
+  files = schema.shard_paths(data_dir, split, manifest)
+  total, count = 0.0, 0
+  joints = _read(files, lambda s: schema.parse_record(s)["joints3d"])
+  for frames in joints.as_numpy_iterator():
+    total = total + frames.sum(axis=0)
+    count += frames.shape[0]
+  if not count:
+    raise ValueError(f"{schema.manifest_path(data_dir, split)}: no frames")
+  return total / count
 
 
 def _to_numpy(clip: Dict[str, tf.Tensor]) -> Dict[str, Any]:
@@ -67,13 +87,9 @@ def read_clips(output_dir: str, split: str,
   video order then start frame ascending. With all_train_offsets: every training clip start of the
   reference, in the same order. The manifest is checked when called, not when first iterated.
   """
-  manifest = writer.load_manifest(output_dir, split)
+  manifest = schema.load_manifest(output_dir, split)
   height, width = manifest["image_size"]
-  files = [os.path.join(output_dir, s["file"]) for s in manifest["shards"]]
-  for path in files:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} is listed in {writer.manifest_path(output_dir, split)} but "
-                              f"missing: prepare the split again")
+  files = schema.shard_paths(output_dir, split, manifest)
   return _iterate(files, height, width, manifest["num_frames"], all_train_offsets)
 
 

@@ -1,14 +1,14 @@
-"""The TFRecord schema: one record = one storage window of a video, and how clips are cut from it.
+"""The on-disk data format: records (one storage window of a video each), shard names, manifests.
 
 Why windows and not clips: the reference's training clips start at every sub-sampled position
-0..t-1 of each block of T sub-sampled frames (facts 3.4), so storing every clip would copy each
-frame ~t times. A record holds the sub-sampled frames [T*k, T*k + T + t - 1) of one parity p (raw
-frames first + p + spacing*i), from which the clip at training offset m (0 <= m < t) is frames
+0..t-1 of each block of T sub-sampled frames (reference.md §3.4), so storing every clip would copy
+each frame ~t times. A record holds the sub-sampled frames [T*k, T*k + T + t - 1) of one parity p
+(raw frames first + p + spacing*i), from which the clip at training offset m (0 <= m < t) is frames
 [m, m + T). Each frame is stored at most (T + t - 1) / T ~ 1.12 times. Evaluation clips are offset 0
 (starts 0, 1, 256, 257, ... for spacing 2, T = 128).
 
 A record shorter than T + t - 1 frames ends at the end of its video; a clip that runs past it is
-padded by repeating its last valid frame with not_padding = 0 (facts 3.5).
+padded by repeating its last valid frame with not_padding = 0 (reference.md §3.5).
 
 Record features (n = frames stored, J joints, K hands):
   video_id, subject: bytes; video_index: position of the video in its split;
@@ -18,12 +18,30 @@ Record features (n = frames stored, J joints, K hands):
   joints3d (n*J*3) float m; joints2d (n*J*2) float px; intrinsics (9,) float;
   hand_valid (n*K) int64; object (n,) int64; action () int64 (-1 unlabeled);
   num_joints, num_hands, height, width: ints.
+
+This module is the one owner of the on-disk format: the records (above), the shard names and the
+manifest (below). The writer, the TFDS builders, `reader.read_clips`, the tf.data pipeline and
+evaluation all go through it; no other module parses a record or a manifest.
+
+Files of a split in a data folder:
+  {split}-{i:05d}-of-{n:05d}.tfrecord  the shards, whole videos in split order (the TFDS builders
+      use TFDS's own shard names, listed in the manifest like ours).
+  {split}.manifest.json  present only once the split is complete. Keys: format_version, dataset,
+      num_frames (T), window (t), spacing, image_size [H, W], image_format, jpeg_quality (the
+      CONFIG_KEYS: what a record is), split, num_joints, num_hands, vocabulary {actions,
+      objects}, videos {count, ids}, clips {train, eval}, frames {raw, stored}, records,
+      shards [{file, records, videos, stored_frames, bytes}], bytes, bytes_per_stored_frame;
+      TFDS adds tfds {name}.
 """
 
-from typing import Mapping
+import json
+import os
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from htt_jax import storage
 
 SCHEMA_VERSION = 1
 
@@ -107,6 +125,35 @@ def parse_record(serialized):
   return dense
 
 
+def parse_num_train_offsets(serialized):
+  """A record's num_train_offsets alone: counting training clips parses nothing else."""
+  spec = {"num_train_offsets": FEATURES["num_train_offsets"]}
+  return tf.io.parse_single_example(serialized, spec)["num_train_offsets"]
+
+
+def record_arrays(serialized: bytes) -> Dict[str, Any]:
+  """One record as numpy, outside tf.data: what parse_record gives, without TensorFlow ops.
+
+  Scalars are Python values, image a list of encoded bytes, per-frame fields shaped (n, ...) as
+  int64 or float32 (hand_valid (n, K) int64), intrinsics (3, 3).
+  """
+  proto = tf.train.Example.FromString(serialized).features.feature
+  values = {}
+  for name, spec in FEATURES.items():
+    kind = proto[name].WhichOneof("kind")
+    listed = list(getattr(proto[name], kind).value) if kind else []
+    scalar = isinstance(spec, tf.io.FixedLenFeature) and not spec.shape
+    values[name] = listed[0] if scalar else listed
+  n, j, k = len(values["frame_idx"]), values["num_joints"], values["num_hands"]
+  ints = lambda name, *shape: np.asarray(values[name], np.int64).reshape(shape)
+  floats = lambda name, *shape: np.asarray(values[name], np.float32).reshape(shape)
+  values.update(frame_idx=ints("frame_idx", n), object=ints("object", n),
+                hand_valid=ints("hand_valid", n, k),
+                joints3d=floats("joints3d", n, j, 3), joints2d=floats("joints2d", n, j, 2),
+                intrinsics=floats("intrinsics", 3, 3))
+  return values
+
+
 def cut_clip(record, offset, num_frames: int):
   """The clip of `num_frames` frames starting at `offset` of a parsed record (images encoded).
 
@@ -141,3 +188,113 @@ def decode_images(encoded, height: int, width: int):
   images = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
                      encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
   return tf.ensure_shape(images, [None, height, width, 3])
+
+
+# ---------------------------------------------------------------------------------------------
+# Shard names and the manifest (module docstring).
+
+MANIFEST_SUFFIX = ".manifest.json"
+# What a record is: every manifest (and the writer's plan) in one data folder must agree on these,
+# or its splits would disagree on how clips were cut and frames stored.
+CONFIG_KEYS = ("format_version", "dataset", "num_frames", "window", "spacing", "image_size",
+               "image_format", "jpeg_quality")
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+  return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def manifest_path(data_dir: str, split: str) -> str:
+  return os.path.join(data_dir, split + MANIFEST_SUFFIX)
+
+
+def record_config(dataset: str, num_frames: int, window: int, spacing: int,
+                  image_size: Sequence[int], image_format: str,
+                  jpeg_quality) -> Dict[str, Any]:
+  """The CONFIG_KEYS of a manifest, in their order; jpeg_quality is None for PNG frames."""
+  return {"format_version": SCHEMA_VERSION, "dataset": dataset, "num_frames": num_frames,
+          "window": window, "spacing": spacing, "image_size": [int(x) for x in image_size],
+          "image_format": image_format,
+          "jpeg_quality": jpeg_quality if image_format == "jpeg" else None}
+
+
+def vocabulary_json(vocabulary) -> Dict[str, List[str]]:
+  """The manifest's vocabulary from a mapping, an object with `actions` and `objects`, or an
+  (actions, objects) pair."""
+  if vocabulary is None:
+    return {"actions": [], "objects": []}
+  if isinstance(vocabulary, Mapping):
+    actions, objects = vocabulary.get("actions", []), vocabulary.get("objects", [])
+  elif hasattr(vocabulary, "actions"):
+    actions, objects = vocabulary.actions, getattr(vocabulary, "objects", [])
+  else:
+    actions, objects = vocabulary
+  return {"actions": [str(a) for a in actions], "objects": [str(o) for o in objects]}
+
+
+def make_manifest(config: Mapping[str, Any], split: str, *, num_joints: int, num_hands: int,
+                  vocabulary, video_ids: Sequence[str], clips: Sequence[int], raw_frames: int,
+                  shards: List[Dict[str, Any]], **extra) -> Dict[str, Any]:
+  """A split's manifest: `config` (record_config), then the split's counts (module docstring).
+
+  clips: (training clip starts, evaluation clips); shards: {file, records, videos,
+  stored_frames, bytes} each, in order; extra: keys after the standard ones (TFDS's tfds).
+  """
+  stored = sum(s["stored_frames"] for s in shards)
+  total_bytes = sum(s["bytes"] for s in shards)
+  return dict(
+      config, split=split, num_joints=num_joints, num_hands=num_hands,
+      vocabulary=vocabulary_json(vocabulary),
+      videos={"count": len(video_ids), "ids": list(video_ids)},
+      clips={"train": clips[0], "eval": clips[1]},
+      frames={"raw": raw_frames, "stored": stored},
+      records=sum(s["records"] for s in shards), shards=shards, bytes=total_bytes,
+      bytes_per_stored_frame=total_bytes / max(1, stored), **extra)
+
+
+def write_manifest(data_dir: str, split: str, manifest: Mapping[str, Any]) -> None:
+  """Writes the manifest last and atomically: its presence means the split is complete."""
+  path = manifest_path(data_dir, split)
+  if "://" in path:  # A TFDS build into a bucket (gs://...): an object appears whole anyway.
+    with tf.io.gfile.GFile(path, "w") as f:
+      f.write(json.dumps(manifest, indent=1) + "\n")
+  else:
+    storage.write_json(path, manifest, indent=1, sort_keys=False)
+
+
+def load_manifest(data_dir: str, split: str) -> Dict[str, Any]:
+  """The split's manifest; a clear error if the split is unfinished or of another version."""
+  path = manifest_path(data_dir, split)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no manifest: prepare_data.py did not finish for split {split!r} "
+                            f"(expected {path})")
+  with open(path) as f:
+    manifest = json.load(f)
+  if manifest.get("format_version") != SCHEMA_VERSION:
+    raise ValueError(f"{path}: format_version {manifest.get('format_version')} but this code "
+                     f"reads version {SCHEMA_VERSION}; prepare the data again")
+  return manifest
+
+
+def check_record_config(path: str, config: Mapping[str, Any]) -> None:
+  """Raises ValueError naming the key if the manifest (or writer's plan) at `path` was written with
+  other CONFIG_KEYS than `config`: one folder must not mix two record formats."""
+  with open(path) as f:
+    other = json.load(f)
+  for key in CONFIG_KEYS:
+    if other.get(key) != config[key]:
+      raise ValueError(f"{path} was written with {key}={other.get(key)!r} but this run has "
+                       f"{key}={config[key]!r}: use another output_dir, or delete that "
+                       f"dataset's files to start again")
+
+
+def shard_paths(data_dir: str, split: str, manifest: Mapping[str, Any]) -> List[str]:
+  """The manifest's shards in order (entries are file names or {'file': name, ...}); each must
+  exist, since a missing one would silently shorten the split."""
+  paths = [os.path.join(data_dir, s if isinstance(s, str) else s["file"])
+           for s in manifest["shards"]]
+  for path in paths:
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"{path} is listed in {manifest_path(data_dir, split)} but "
+                              f"missing: prepare the split again")
+  return paths

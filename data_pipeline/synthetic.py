@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data_pipeline.video import Video
+from htt_jax import storage
 
 SPLITS = ("train", "val", "test")
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -88,7 +89,7 @@ class SyntheticConfig:
   # Saturation of the scene's own colours (walls, table, sleeves, occluders; the clutter gets 0.35
   # of it) around their grey: 1 draws them from the whole RGB cube, so that a red wall or an orange
   # sleeve looks like an object to a network trained from random weights in a few hundred steps
-  # (README, Demo); 0.35 leaves the objects and the skin the only vivid colours.
+  # (docs/demo.md); 0.35 leaves the objects and the skin the only vivid colours.
   scene_saturation: float = 0.35
 
   def __post_init__(self):
@@ -454,7 +455,8 @@ def write_raw(config: SyntheticConfig, raw_dir: str) -> None:
       folder = os.path.join(raw_dir, video.video_id)
       os.makedirs(folder, exist_ok=True)
       for i in range(len(video)):
-        Image.fromarray(video.load_image(i)).save(os.path.join(folder, f"{i:04d}.png"))
-      np.savez(os.path.join(folder, "annotations.npz"), joints3d=video.joints3d,
-               joints2d=video.joints2d, intrinsics=video.intrinsics, object=video.object,
-               action=video.action, subject=video.subject)
+        image = Image.fromarray(video.load_image(i))
+        storage.write_with(os.path.join(folder, f"{i:04d}.png"), lambda f: image.save(f, "PNG"))
+      storage.save_npz(os.path.join(folder, "annotations.npz"), {
+          "joints3d": video.joints3d, "joints2d": video.joints2d, "intrinsics": video.intrinsics,
+          "object": video.object, "action": video.action, "subject": video.subject})

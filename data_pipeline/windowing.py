@@ -1,12 +1,12 @@
-"""The reference's clip rules (facts 3.4-3.5) and the storage windows that reproduce them.
+"""The reference's clip rules (reference.md §3.4-3.5) and the storage windows that reproduce them.
 
 Positions are 0-based frame positions inside one video (raw frame numbers are consecutive, so a
 position maps to `frame_idx[position]`). With spacing s, a clip samples one parity p = start mod s:
 the sub-sequence of positions p, p + s, p + 2s, ... ("sub-sampled frames").
 
-Reference (facts 3.4): position q starts a training clip iff q mod (T*s) < t*s, an evaluation clip
-iff q mod (T*s) < s. A clip steps +s from its start while the next frame exists and then repeats the
-last valid frame with not_padding = 0 (facts 3.5).
+Reference (reference.md §3.4): position q starts a training clip iff q mod (T*s) <
+t*s, an evaluation clip iff q mod (T*s) < s. A clip steps +s from its start while the next frame
+exists and then repeats the last valid frame with not_padding = 0 (reference.md §3.5).
 
 Storage: the training starts of parity p are sub-sampled indices T*k + m, m in [0, t), so the
 window of sub-sampled frames [T*k, T*k + T + t - 1) of that parity holds every training clip of
@@ -101,21 +101,22 @@ def clip_order(windows: Sequence[Window], all_train_offsets: bool) -> List[Tuple
 
 def reference_train_starts(length: int, num_frames: int, window: int,
                            spacing: int = 2) -> np.ndarray:
-  """Training clip starts of the reference: q with q mod (T*s) < t*s (facts 3.4)."""
+  """Training clip starts of the reference: q with q mod (T*s) < t*s (reference.md §3.4)."""
   _check(length, num_frames, window, spacing)
   q = np.arange(length)
   return q[q % (num_frames * spacing) < window * spacing]
 
 
 def reference_eval_starts(length: int, num_frames: int, spacing: int = 2) -> np.ndarray:
-  """Evaluation clip starts of the reference: q with q mod (T*s) < s (facts 3.4)."""
+  """Evaluation clip starts of the reference: q with q mod (T*s) < s (reference.md §3.4)."""
   q = np.arange(length)
   return q[q % (num_frames * spacing) < spacing]
 
 
 def clip_positions(length: int, start: int, num_frames: int,
                    spacing: int = 2) -> Tuple[np.ndarray, np.ndarray]:
-  """The reference's clip from `start` (facts 3.5): positions (T,) and not_padding (T,) float32.
+  """The reference's clip from `start` (reference.md §3.5): positions (T,) and not_padding
+  (T,) float32.
 
   Written as the reference's step loop (not as a formula) so that tests compare two independent
   derivations: each step moves +spacing while the next frame exists; after the first invalid step

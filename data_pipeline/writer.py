@@ -8,10 +8,8 @@ Files in output_dir, per split:
       to which shard. A rerun (after an interruption, or after a shard or the manifest was deleted)
       follows the plan, so shard boundaries never depend on a new byte estimate.
   {split}.manifest.json  written last and atomically: its presence means the split is complete.
-      Keys: format_version, dataset, split, num_frames (T), window (t), spacing, image_size [H, W],
-      image_format, jpeg_quality, num_joints, num_hands, vocabulary {actions, objects},
-      videos {count, ids}, clips {train, eval}, frames {raw, stored}, records,
-      shards [{file, records, videos, stored_frames, bytes}], bytes, bytes_per_stored_frame.
+The shard names, the records and the manifest's keys are data_pipeline/schema.py's, which every
+reader uses; this module only decides what goes where.
 
 Shard sizing: a first pass over the videos' annotations (no images) gives each video's stored frame
 count; a handful of frames (middle frame of up to 8 evenly spaced videos) is encoded to estimate
@@ -43,36 +41,10 @@ import tqdm
 from data_pipeline import schema
 from data_pipeline import windowing
 from data_pipeline.video import Video
+from htt_jax import storage
 
-MANIFEST_SUFFIX = ".manifest.json"
 PLAN_SUFFIX = ".plan.json"
 _SAMPLE_VIDEOS = 8
-# The keys that must agree between a run and any manifest or plan already in output_dir: mixing
-# them would make one dataset whose splits disagree on what a record is.
-_CONFIG_KEYS = ("format_version", "dataset", "num_frames", "window", "spacing", "image_size",
-                "image_format", "jpeg_quality")
-
-
-def shard_name(split: str, index: int, num_shards: int) -> str:
-  return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
-def manifest_path(output_dir: str, split: str) -> str:
-  return os.path.join(output_dir, split + MANIFEST_SUFFIX)
-
-
-def load_manifest(output_dir: str, split: str) -> Dict[str, Any]:
-  """The split's manifest; a clear error if the conversion did not finish or is of another version."""
-  path = manifest_path(output_dir, split)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no manifest: prepare_data.py did not finish for split {split!r} "
-                            f"(expected {path})")
-  with open(path) as f:
-    manifest = json.load(f)
-  if manifest.get("format_version") != schema.SCHEMA_VERSION:
-    raise ValueError(f"{path}: format_version {manifest.get('format_version')} but this code "
-                     f"reads version {schema.SCHEMA_VERSION}; prepare the data again")
-  return manifest
 
 
 def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
@@ -164,26 +136,8 @@ def _report_progress(frames: int) -> None:
     _PROGRESS_QUEUE.put(frames)
 
 
-def vocabulary_json(vocabulary) -> Dict[str, List[str]]:
-  """Accepts a mapping or an object with `actions` and `objects`, or an (actions, objects) pair."""
-  if vocabulary is None:
-    return {"actions": [], "objects": []}
-  if isinstance(vocabulary, Mapping):
-    actions, objects = vocabulary.get("actions", []), vocabulary.get("objects", [])
-  elif hasattr(vocabulary, "actions"):
-    actions, objects = vocabulary.actions, getattr(vocabulary, "objects", [])
-  else:
-    actions, objects = vocabulary
-  return {"actions": [str(a) for a in actions], "objects": [str(o) for o in objects]}
-
-
 def _write_json(path: str, value) -> None:
-  temporary = path + ".tmp"
-  with open(temporary, "w") as f:
-    json.dump(value, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temporary, path)
+  storage.write_json(path, value, indent=1, sort_keys=False)
 
 
 def check_videos(videos: List[Video], image_size) -> Tuple[Tuple[int, int], int, int]:
@@ -211,21 +165,13 @@ def _check_existing(output_dir: str, split: str, config: Mapping,
   """Refuses output of another configuration; returns this split's (plan shards, manifest)."""
   names = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
   for name in names:
-    if not name.endswith((MANIFEST_SUFFIX, PLAN_SUFFIX)):
+    if not name.endswith((schema.MANIFEST_SUFFIX, PLAN_SUFFIX)):
       continue
-    path = os.path.join(output_dir, name)
-    with open(path) as f:
-      other = json.load(f)
-    for key in _CONFIG_KEYS:
-      if other.get(key) != config[key]:
-        raise ValueError(f"{path} was written with {key}={other.get(key)!r} but this run has "
-                         f"{key}={config[key]!r}: use another output_dir, or delete that "
-                         f"dataset's files to start again")
+    schema.check_record_config(os.path.join(output_dir, name), config)
   plan = manifest = None
-  path = manifest_path(output_dir, split)
+  path = schema.manifest_path(output_dir, split)
   if os.path.exists(path):
-    with open(path) as f:
-      manifest = json.load(f)
+    manifest = schema.load_manifest(output_dir, split)
     counts = [s["videos"] for s in manifest["shards"]]
     ids = manifest["videos"]["ids"]
     plan = [ids[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
@@ -236,7 +182,7 @@ def _check_existing(output_dir: str, split: str, config: Mapping,
   if plan is not None and [v for shard in plan for v in shard] != video_ids:
     raise ValueError(f"{path} lists other videos than this run's source yields (the raw data "
                      f"changed?): use another output_dir, or delete the split's files")
-  expected = {shard_name(split, i, len(plan)) for i in range(len(plan))} if plan else set()
+  expected = {schema.shard_name(split, i, len(plan)) for i in range(len(plan))} if plan else set()
   for name in names:
     if name.startswith(split + "-") and name.endswith(".tfrecord") and name not in expected:
       raise ValueError(f"{os.path.join(output_dir, name)} is a shard that no manifest or plan of "
@@ -336,27 +282,25 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
     image_size, num_joints, num_hands = tuple(int(x) for x in image_size), 0, 0
   opts = RecordOptions(num_frames, window, spacing, image_size, image_format,
                   jpeg_quality if image_format == "jpeg" else None)
-  config = {"format_version": schema.SCHEMA_VERSION, "dataset": dataset_name,
-            "num_frames": num_frames, "window": window, "spacing": spacing,
-            "image_size": list(image_size), "image_format": image_format,
-            "jpeg_quality": opts.jpeg_quality}
+  config = schema.record_config(dataset_name, num_frames, window, spacing, image_size,
+                                image_format, jpeg_quality)
   video_ids = [v.video_id for v in videos]
   plan, manifest = _check_existing(output_dir, split, config, video_ids)
-  names = [shard_name(split, i, len(plan or [])) for i in range(len(plan or []))]
+  names = [schema.shard_name(split, i, len(plan or [])) for i in range(len(plan or []))]
   if manifest is not None and all(os.path.exists(os.path.join(output_dir, n)) for n in names):
-    logging.info("%s: already complete", manifest_path(output_dir, split))
+    logging.info("%s: already complete", schema.manifest_path(output_dir, split))
     return manifest
   os.makedirs(output_dir, exist_ok=True)
   plan_path = os.path.join(output_dir, split + PLAN_SUFFIX)
   if plan is None:
     plan = _make_plan(videos, opts, shard_bytes, min_shards) if videos else []
-    names = [shard_name(split, i, len(plan)) for i in range(len(plan))]
+    names = [schema.shard_name(split, i, len(plan)) for i in range(len(plan))]
   # The plan goes first and a stale manifest away, so an interruption never leaves a manifest over
   # an incomplete split, and the next run finds the same assignment.
   if not os.path.exists(plan_path):
     _write_json(plan_path, dict(config, split=split, shards=plan))
   if manifest is not None:
-    os.remove(manifest_path(output_dir, split))
+    os.remove(schema.manifest_path(output_dir, split))
   by_id = {v.video_id: (i, v) for i, v in enumerate(videos)}
   tasks = [(i, os.path.join(output_dir, name), [by_id[v] for v in shard])
            for i, (name, shard) in enumerate(zip(names, plan))
@@ -380,15 +324,9 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
     shards.append({"file": name, "records": records, "videos": len(shard),
                    "stored_frames": stored,
                    "bytes": os.path.getsize(os.path.join(output_dir, name))})
-  stored_total = sum(s["stored_frames"] for s in shards)
-  bytes_total = sum(s["bytes"] for s in shards)
-  manifest = dict(
-      config, split=split, num_joints=num_joints, num_hands=num_hands,
-      vocabulary=vocabulary_json(vocabulary),
-      videos={"count": len(videos), "ids": video_ids},
-      clips={"train": clips[0], "eval": clips[1]},
-      frames={"raw": int(sum(len(v) for v in videos)), "stored": stored_total},
-      records=sum(s["records"] for s in shards), shards=shards, bytes=bytes_total,
-      bytes_per_stored_frame=bytes_total / max(1, stored_total))
-  _write_json(manifest_path(output_dir, split), manifest)
+  manifest = schema.make_manifest(
+      config, split, num_joints=num_joints, num_hands=num_hands, vocabulary=vocabulary,
+      video_ids=video_ids, clips=clips, raw_frames=int(sum(len(v) for v in videos)),
+      shards=shards)
+  schema.write_manifest(output_dir, split, manifest)
   return manifest

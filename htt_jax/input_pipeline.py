@@ -1,7 +1,7 @@
 """tf.data input pipeline: TFRecord windows -> clips -> decoded (and augmented) host batches.
 
-Training (the reference's epoch, facts 3.4): every training clip start exactly once per epoch,
-in an order as mixed as the reference's shuffled DataLoader. A record (one storage window,
+Training (the reference's epoch, reference.md §3.4): every training clip start exactly once per
+epoch, in an order as mixed as the reference's shuffled DataLoader. A record (one storage window,
 data_pipeline/schema.py) holds up to t training offsets of one video; emitting them one after the
 other would fill batches with near-identical clips of one video for many steps (a shuffle buffer
 cannot undo runs of t), and the model then chases the latest video instead of learning. So an
@@ -10,7 +10,7 @@ and pass k cuts every record that has one at its k-th offset. Each pass reads th
 shards in a seeded random order, 'cycle_length' at a time, through a shuffle buffer of records;
 consecutive clips therefore come from different videos. Reading a record per clip costs
 (T+t-1)/T of the frames a clip needs, still encoded. Batches have the reference's drop_last, per
-epoch. Only then are the T frames of each kept clip decoded and augmented (augment.py), so
+epoch. Only then are the T frames of each kept clip decoded and augmented (htt_jax/augment/), so
 skipping (resume) and the other processes' rows cost no decoding. All randomness is keyed by
 (seed, epoch, batch, row): the data is a function of the seed and the step, and resuming at a
 step replays the same batches.
@@ -31,24 +31,26 @@ Batch keys: image (B,T,H,W,3) uint8; intrinsics (B,T,3,3), not_padding (B,T), jo
 action (B,), video_index (B,), start_frame (B,) (raw frame number), frame_idx (B,T) int32.
 Evaluation adds valid (B,) float32 and video_id (B,) bytes (drop it before device transfer).
 Training with augment.on_device: the images are not yet blurred, colour-jittered or shifted (the
-labels are already shifted), and the batch has the aug_* params of device_augment.py.
+labels are already shifted), and the batch has the aug_* params of augment/device.py.
 
 Optional config.dataset keys (defaults here): shuffle_buffer (records, 64: each holds up to
 T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (4 shards read at once), threadpool_size
 (num_parallel_calls), augment (a dict of augment.AugmentConfig fields, e.g. {'hue': 0}).
 """
 
-import os
 from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from data_pipeline import schema, writer
+from data_pipeline import schema
 from htt_jax import augment
+from htt_jax import config_lib
+from htt_jax.augment import host as augment_host
+from htt_jax.augment import params as augment_params
 
-# TF must not take accelerator memory from JAX (DESIGN.md); tensorflow-cpu has none, but a full
-# tensorflow install would. Fails harmlessly when TF already initialised its devices.
+# TF must not take accelerator memory from JAX (docs/architecture.md); tensorflow-cpu has none,
+# but a full tensorflow install would. Fails harmlessly when TF already initialised its devices.
 for _kind in ("GPU", "TPU"):
   try:
     tf.config.set_visible_devices([], _kind)
@@ -56,23 +58,23 @@ for _kind in ("GPU", "TPU"):
     pass
 
 _INT64_MAX = np.iinfo(np.int64).max
-manifest_path = writer.manifest_path  # One manifest format: data_pipeline/writer.py writes it.
 
 
 def load_manifest(data_dir: str, split: str, config=None) -> Dict[str, Any]:
-  """The split's manifest; with `config`, checks T, t, spacing, image size and joints against it."""
+  """The split's manifest (data_pipeline/schema.py reads it); with `config`, checks T, t, spacing,
+  image size and joints against it."""
   try:
-    manifest = writer.load_manifest(data_dir, split)
+    manifest = schema.load_manifest(data_dir, split)
   except FileNotFoundError as e:
     raise FileNotFoundError(f"{e} (config.dataset.data_dir={data_dir!r}); prepare the split with "
                             "scripts/prepare_data.py") from None
   if config is not None:
-    check_manifest(manifest, config, manifest_path(data_dir, split))
+    check_manifest(manifest, config, schema.manifest_path(data_dir, split))
   return manifest
 
 
 def check_manifest(manifest, config, path: str) -> None:
-  """Raises ValueError naming the config key and the manifest when the data was cut differently."""
+  """Raises ConfigError naming the config key and the manifest when the data was cut differently."""
   checks = [("model.num_frames", config.model.num_frames, "num_frames"),
             ("model.window", config.model.window, "window"),
             ("dataset.image_size", tuple(config.dataset.image_size), "image_size"),
@@ -83,26 +85,19 @@ def check_manifest(manifest, config, path: str) -> None:
       continue
     have = tuple(manifest[field]) if isinstance(want, tuple) else manifest[field]
     if have != want:
-      raise ValueError(f"config.{key}={want} but {path} was prepared with {field}={have}: "
-                       f"set --config.{key} to match or prepare the data again")
+      raise config_lib.ConfigError(
+          f"config.{key}={want} but {path} was prepared with {field}={have}: "
+          f"set --config.{key} to match or prepare the data again")
 
 
 def steps_per_epoch(manifest, global_batch: int) -> int:
-  """Training clip starts // global batch: the reference's DataLoader with drop_last (facts 2.6)."""
+  """Training clip starts // global batch: the reference's DataLoader with
+  drop_last (reference.md §2.6)."""
   clips = int(manifest["clips"]["train"])
   if clips < global_batch:
-    raise ValueError(f"{clips} training clips are fewer than config.batch_size={global_batch}")
+    raise config_lib.ConfigError(
+        f"{clips} training clips are fewer than config.batch_size={global_batch}")
   return clips // global_batch
-
-
-def shard_paths(data_dir: str, manifest) -> List[str]:
-  """The manifest's shards in order (entries are file names or {'file': name, ...})."""
-  paths = [os.path.join(data_dir, s if isinstance(s, str) else s["file"])
-           for s in manifest["shards"]]
-  for p in paths:
-    if not os.path.exists(p):
-      raise FileNotFoundError(f"{p} is listed in the manifest of {data_dir} but missing")
-  return paths
 
 
 def _processes(process_index, process_count):
@@ -126,12 +121,6 @@ def _options(config) -> tf.data.Options:
   return options
 
 
-def augment_config(config) -> augment.AugmentConfig:
-  """The reference's augmentation (facts 3.7), or config.dataset.augment's overrides if present."""
-  overrides = config.dataset.get("augment", None)
-  return augment.AugmentConfig(**(dict(overrides) if overrides else {}))
-
-
 def _int_seed(key):
   """An int64 op seed from a (2,) key (Dataset.shuffle takes one integer)."""
   return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
@@ -140,7 +129,7 @@ def _int_seed(key):
 def _kth_offset(record, k, key):
   """The k-th of the record's training offsets in its (per-epoch) random order: over the passes
   k = 0 .. num_train_offsets - 1 every offset comes exactly once."""
-  rkey = augment.fold_key(key, record["video_index"], record["parity"], record["block"])
+  rkey = augment_params.fold_key(key, record["video_index"], record["parity"], record["block"])
   offsets = tf.random.experimental.stateless_shuffle(
       tf.range(tf.cast(record["num_train_offsets"], tf.int32)), rkey)
   return offsets[k]
@@ -180,17 +169,15 @@ def _decoder(config, train: bool, aug_key=None, aug_config=None):
                                     [num_frames, height, width, 3])
     if train:
       e, b, j = tf.unstack(clip.pop("aug_index"))
-      clip = augment.augment_clip(clip, augment.fold_key(aug_key, e, b, j), aug_config)
+      clip = augment_host.augment_clip(clip, augment_params.fold_key(aug_key, e, b, j), aug_config)
     return _finalize(clip, train)
 
   return decode
 
 
 def _count_train_clips(files: List[str]) -> int:
-  """Training clips in `files` (reads only num_train_offsets; for resuming with 'files')."""
-  spec = {"num_train_offsets": schema.FEATURES["num_train_offsets"]}
-  counts = tf.data.TFRecordDataset(files).map(
-      lambda s: tf.io.parse_single_example(s, spec)["num_train_offsets"])
+  """Training clips in `files` (for resuming with 'files')."""
+  counts = tf.data.TFRecordDataset(files).map(schema.parse_num_train_offsets)
   return int(counts.reduce(np.int64(0), lambda a, b: a + b))
 
 
@@ -198,25 +185,29 @@ def _train_dataset(config, files, manifest, index, count, seed, start_step, num_
   """Training batches of process `index` of `count` (module docstring)."""
   global_batch = config.batch_size
   if global_batch % count:
-    raise ValueError(f"config.batch_size={global_batch} is not divisible by the number of "
-                     f"processes ({count})")
+    raise config_lib.ConfigError(
+        f"config.batch_size={global_batch} is not divisible by the number of "
+        f"processes ({count})")
   host_batch = global_batch // count
   mode = config.dataset.host_sharding
   if mode == "files":
     if len(files) < count:
-      raise ValueError(f"config.dataset.host_sharding='files' needs at least one shard per "
-                       f"process: {len(files)} shards for {count} processes; use "
-                       f"--config.dataset.host_sharding=batch or prepare more shards")
+      raise config_lib.ConfigError(
+          f"config.dataset.host_sharding='files' needs at least one shard per "
+          f"process: {len(files)} shards for {count} processes; use "
+          f"--config.dataset.host_sharding=batch or prepare more shards")
     records = [sh["records"] for sh in manifest["shards"][index::count]
                if isinstance(sh, dict) and "records" in sh]
     if records and sum(records) < host_batch:  # >= 1 clip per record; else epochs are empty
-      raise ValueError(f"process {index}'s shards hold {sum(records)} records, fewer than its "
-                       f"batch ({host_batch}): use --config.dataset.host_sharding=batch")
+      raise config_lib.ConfigError(
+          f"process {index}'s shards hold {sum(records)} records, fewer than its "
+          f"batch ({host_batch}): use --config.dataset.host_sharding=batch")
     files, read_batch, stream, rows = files[index::count], host_batch, index + 1, None
   elif mode == "batch":
     read_batch, stream, rows = global_batch, 0, (index * host_batch, (index + 1) * host_batch)
   else:
-    raise ValueError(f"config.dataset.host_sharding={mode!r} is not one of ['files', 'batch']")
+    raise config_lib.ConfigError(
+        f"config.dataset.host_sharding={mode!r} is not one of ['files', 'batch']")
   base = tf.constant([seed, stream], tf.int64)
   num_frames, window = config.model.num_frames, config.model.window  # At most t offsets a record.
   buffer = int(config.dataset.get("shuffle_buffer", 64))
@@ -234,19 +225,19 @@ def _train_dataset(config, files, manifest, index, count, seed, start_step, num_
 
   def offset_pass(key, k):
     """Pass k of an epoch: every record with more than k offsets gives its k-th clip."""
-    pass_key = augment.fold_key(key, 1, k)
+    pass_key = augment_params.fold_key(key, 1, k)
     order = tf.random.experimental.stateless_shuffle(files_t, pass_key)
     records = tf.data.Dataset.from_tensor_slices(order).interleave(
         tf.data.TFRecordDataset, cycle_length=cycle, block_length=1)
     records = records.map(schema.parse_record).filter(
         lambda r: tf.cast(r["num_train_offsets"], tf.int32) > tf.cast(k, tf.int32))
-    records = records.shuffle(buffer, seed=_int_seed(augment.fold_key(pass_key, 3)))
-    offsets_key = augment.fold_key(key, 2)  # The same for every pass of the epoch.
+    records = records.shuffle(buffer, seed=_int_seed(augment_params.fold_key(pass_key, 3)))
+    offsets_key = augment_params.fold_key(key, 2)  # The same for every pass of the epoch.
     return records.map(lambda r: schema.cut_clip(r, _kth_offset(r, tf.cast(k, tf.int32),
                                                                 offsets_key), num_frames))
 
   def epoch_batches(epoch):
-    key = augment.fold_key(base, epoch)
+    key = augment_params.fold_key(base, epoch)
     clips = tf.data.Dataset.range(window).flat_map(lambda k: offset_pass(key, k))
     batches = clips.batch(read_batch, drop_remainder=True).enumerate()
     return batches.map(lambda b, batch: tag(epoch, b, batch))
@@ -256,11 +247,12 @@ def _train_dataset(config, files, manifest, index, count, seed, start_step, num_
   else:  # Only a resume needs the length of this process's epoch.
     per_epoch = _count_train_clips(files) // host_batch if start_step else 1
     if per_epoch == 0:
-      raise ValueError(f"process {index}'s shards hold fewer clips than its batch ({host_batch})")
+      raise config_lib.ConfigError(
+          f"process {index}'s shards hold fewer clips than its batch ({host_batch})")
   first_epoch, skip = divmod(start_step, per_epoch)
   last_epoch = _INT64_MAX if num_epochs is None else first_epoch + num_epochs
   ds = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_batches).skip(skip)
-  decode = _decoder(config, True, augment.fold_key(base, 4), augment_config(config))
+  decode = _decoder(config, True, augment_params.fold_key(base, 4), augment.from_config(config))
   ds = ds.unbatch().map(decode, num_parallel_calls=config.dataset.num_parallel_calls,
                         deterministic=True)
   return ds.batch(host_batch, drop_remainder=True)
@@ -270,8 +262,9 @@ def _eval_dataset(config, files, manifest, index, count):
   """Evaluation batches (offset 0 of every record, in order, padded; module docstring)."""
   global_batch = config.eval_batch_size
   if global_batch % count:
-    raise ValueError(f"config.eval_batch_size={global_batch} is not divisible by the number of "
-                     f"processes ({count})")
+    raise config_lib.ConfigError(
+        f"config.eval_batch_size={global_batch} is not divisible by the number of "
+        f"processes ({count})")
   host_batch = global_batch // count
   num_clips = int(manifest.get("records", manifest["clips"]["eval"]))
   records = tf.data.TFRecordDataset(files).map(lambda s: (s, 1.0))
@@ -305,9 +298,10 @@ def create_dataset(config, split: str, train: bool, *, process_index: Optional[i
   """
   index, count = _processes(process_index, process_count)
   manifest = load_manifest(config.dataset.data_dir, split, config)
-  files = shard_paths(config.dataset.data_dir, manifest)
+  files = schema.shard_paths(config.dataset.data_dir, split, manifest)
   if not files:
-    raise ValueError(f"{manifest_path(config.dataset.data_dir, split)} lists no shards")
+    raise config_lib.ConfigError(
+        f"{schema.manifest_path(config.dataset.data_dir, split)} lists no shards")
   if train:
     seed = config.seed if seed is None else seed
     ds = _train_dataset(config, files, manifest, index, count, seed, start_step, num_epochs)

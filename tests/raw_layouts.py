@@ -1,4 +1,4 @@
-"""Tiny raw FPHA and H2O folders in the real layouts (facts 3.1, 3.2), for source tests.
+"""Tiny raw FPHA and H2O folders in the real layouts (reference.md §3.1, §3.2), for source tests.
 
 Every value is a simple function of the frame number, so a test can recompute what a source must
 serve without using the source's code: joints from `fpha_world_mm` / `h2o_pose`, image colours from

@@ -1,8 +1,9 @@
-"""augment.py against Pillow (what the reference calls), and input_pipeline.py on tiny shards.
+"""htt_jax/augment against Pillow (what the reference calls), and input_pipeline.py on tiny shards.
 
 The shards are written here with schema.make_example from windows cut by the reference's rules
-(facts 3.4-3.5, re-derived in this file, not via data_pipeline.windowing). Pixels encode the video
-and raw frame number; joints2d is the projection of joints3d with the record's intrinsics.
+(reference.md §3.4-3.5, re-derived in this file, not via data_pipeline.windowing). Pixels
+encode the video and raw frame number; joints2d is the projection of joints3d with the
+record's intrinsics.
 """
 
 import functools
@@ -18,6 +19,8 @@ import tensorflow as tf
 from data_pipeline import schema
 from htt_jax import augment
 from htt_jax import input_pipeline
+from htt_jax.augment import host as augment_host
+from htt_jax.augment import params as augment_params
 from tests.conftest import load_config
 
 T, WIN, SPACING = 8, 4, 2
@@ -144,7 +147,7 @@ def rand_image(seed, size=(30, 44)):
 
 
 def pil_hue(image, factor):
-  """torchfn.adjust_hue with the shift of facts 6.16: trunc(h * 255) mod 256, wrapped."""
+  """torchfn.adjust_hue with the shift of reference.md §6.16: trunc(h * 255) mod 256, wrapped."""
   h, s, v = image.convert("HSV").split()
   shifted = (np.asarray(h).astype(np.int64) + int(np.trunc(factor * 255))) % 256
   return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), s, v)).convert("RGB")
@@ -162,7 +165,7 @@ PARAM = {augment.BRIGHTNESS: "brightness", augment.SATURATION: "saturation",
 def test_enhance_ops_match_pil(factor):
   image = rand_image(int(factor * 100))
   for op in (augment.BRIGHTNESS, augment.SATURATION, augment.CONTRAST):
-    fn = getattr(augment, "adjust_" + PARAM[op])
+    fn = getattr(augment_host, "adjust_" + PARAM[op])
     want = np.asarray(PIL_OPS[op](Image.fromarray(image), factor)).astype(int)
     got = fn(tf.constant(image[None]), factor).numpy()[0]
     assert np.abs(got - want).max() <= 1, (op, factor)
@@ -174,7 +177,7 @@ def test_hue_matches_pil_with_wraparound(factor):
   image[:4] = [[250, 2, 10]]  # H = 254: a positive shift wraps past 255.
   image[4:8] = [[255, 10, 0]]  # H = 1: a negative shift wraps below 0.
   want = np.asarray(pil_hue(Image.fromarray(image), factor)).astype(int)
-  got = augment.adjust_hue(tf.constant(image[None]), factor).numpy()[0]
+  got = augment_host.adjust_hue(tf.constant(image[None]), factor).numpy()[0]
   assert np.abs(got - want).max() <= 1
   if factor != 0:
     hue_out = np.asarray(Image.fromarray(got.astype(np.uint8)).convert("HSV"))[..., 0]
@@ -184,14 +187,15 @@ def test_hue_matches_pil_with_wraparound(factor):
 
 
 def test_hue_shift_is_truncated_mod_256():
-  assert [int(augment.hue_shift(h)) for h in (0.15, -0.15, -0.001, 0.0039)] == [38, 218, 0, 0]
+  shifts = [int(augment_params.hue_shift(h)) for h in (0.15, -0.15, -0.001, 0.0039)]
+  assert shifts == [38, 218, 0, 0]
 
 
 @pytest.mark.parametrize("radius", [0.0, 0.05, 0.21, 0.33, 0.4999])
 def test_blur_matches_pil(radius):
   image = rand_image(3)
   want = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius))).astype(int)
-  got = augment.gaussian_blur(tf.constant(image[None]), tf.constant([radius]), 0.5).numpy()[0]
+  got = augment_host.gaussian_blur(tf.constant(image[None]), tf.constant([radius]), 0.5).numpy()[0]
   diff = np.abs(got - want)
   # Pillow's fixed-point sums are evaluated in float32 here: rare ties round the other way.
   assert diff.max() <= 1 and (diff > 0).mean() < 0.02
@@ -209,9 +213,9 @@ def reference_frame(image, params, n):
 
 def test_clip_matches_pil_reference_per_frame():
   frames = np.stack([rand_image(s, (36, 50)) for s in range(6)])
-  params = augment.sample_params(tf.constant([5, 9]), 6, 50)
+  params = augment_params.sample_params(tf.constant([5, 9]), 6, 50)
   clip = {"image": tf.constant(frames), "intrinsics": tf.constant(np.tile(K, (6, 1, 1)))}
-  got = augment.apply_params(clip, params, augment.AugmentConfig(chunk_frames=2))  # 3 chunks
+  got = augment_host.apply_params(clip, params, augment.AugmentConfig(chunk_frames=2))  # 3 chunks
   params = {k: v.numpy() for k, v in params.items()}
   assert np.any(params["offset"] != 0)
   for n in range(6):
@@ -230,7 +234,7 @@ def clip_with_joints(num=4):
 def test_geometry_projection_stays_consistent():
   clip = clip_with_joints()
   for seed in range(5):
-    out = {k: v.numpy() for k, v in augment.augment_clip(clip, tf.constant([seed, 1])).items()}
+    out = {k: v.numpy() for k, v in augment_host.augment_clip(clip, tf.constant([seed, 1])).items()}
     uvw = np.einsum("tij,tkj->tki", out["intrinsics"], out["joints3d"])
     np.testing.assert_allclose(uvw[..., :2] / uvw[..., 2:], out["joints25d"][..., :2], atol=1e-3)
     np.testing.assert_allclose(out["joints2d"], out["joints25d"][..., :2])
@@ -243,10 +247,10 @@ def test_translation_is_exact_with_black_fill():
   clip = clip_with_joints()
   src = clip["image"].numpy()
   for seed in range(4):
-    params = augment.sample_params(tf.constant([seed, 2]), 4, W, NO_COLOUR)
+    params = augment_params.sample_params(tf.constant([seed, 2]), 4, W, NO_COLOUR)
     ox, oy = (int(v) for v in params["offset"])
     assert abs(ox) <= 0.1 * W and abs(oy) <= 0.1 * W
-    out = augment.apply_params(clip, params, NO_COLOUR)
+    out = augment_host.apply_params(clip, params, NO_COLOUR)
     want = np.zeros_like(src)
     ys, xs = slice(max(0, -oy), min(H, H - oy)), slice(max(0, -ox), min(W, W - ox))
     want[:, ys, xs] = src[:, max(0, oy): min(H, H + oy), max(0, ox): min(W, W + ox)]
@@ -261,7 +265,7 @@ def test_translation_is_exact_with_black_fill():
 def test_colour_leaves_geometry_alone():
   clip = clip_with_joints()
   config = augment.AugmentConfig(center_jittering=0.0)
-  out = augment.augment_clip(clip, tf.constant([3, 3], tf.int64), config)
+  out = augment_host.augment_clip(clip, tf.constant([3, 3], tf.int64), config)
   for key in ("intrinsics", "joints2d", "joints25d", "joints3d"):
     np.testing.assert_array_equal(out[key].numpy(), clip[key].numpy())
   assert np.any(out["image"].numpy() != clip["image"].numpy())
@@ -269,7 +273,7 @@ def test_colour_leaves_geometry_alone():
 
 def test_factors_per_clip_order_per_frame():
   num = 24
-  params = augment.sample_params(tf.constant([1, 2], tf.int64), num, W)
+  params = augment_params.sample_params(tf.constant([1, 2], tf.int64), num, W)
   for name in ("brightness", "saturation", "contrast", "hue"):
     assert params[name].shape == ()  # one draw per clip
   assert 0.5 <= float(params["brightness"]) <= 1.5 and abs(float(params["hue"])) <= 0.15
@@ -280,7 +284,7 @@ def test_factors_per_clip_order_per_frame():
   assert len(set(radius)) == num and radius.min() >= 0 and radius.max() < 0.5
   # Identical frames, no blur: same output iff same order, so the factors are shared.
   same = tf.constant(np.repeat(rand_image(1)[None], num, 0))
-  out = augment.photometric(same, params, augment.AugmentConfig(blur_radius=0)).numpy()
+  out = augment_host.photometric(same, params, augment.AugmentConfig(blur_radius=0)).numpy()
   for a in range(num):
     for b in range(a + 1, num):
       if (order[a] == order[b]).all():
@@ -329,7 +333,7 @@ def test_epoch_covers_each_training_start_once(data_dir):
                         joints3d=np.float32, hand_valid=np.float32, object=np.int32,
                         action=np.int32, video_index=np.int32, start_frame=np.int32,
                         frame_idx=np.int32)
-  # Padding frames repeat the record's last frame (facts 3.5).
+  # Padding frames repeat the record's last frame (reference.md §3.5).
   for b in epoch:
     frames, valid = b["frame_idx"][0], b["not_padding"][0]
     assert valid[0] == 1 and np.all(np.diff(valid) <= 0)
@@ -342,7 +346,7 @@ def test_consecutive_clips_come_from_different_records(data_dir):
   # A small buffer: the mixing must come from the pass structure, not from buffering a whole epoch.
   config = make_config(data_dir, batch_size=1, **{"dataset.shuffle_buffer": 4})
   epoch = take(config, 100, num_epochs=1)
-  # Training start = block * T * spacing + offset * spacing + parity (facts 3.4).
+  # Training start = block * T * spacing + offset * spacing + parity (reference.md §3.4).
   records = [(int(b["video_index"][0]), int(b["start_frame"][0]) // (T * SPACING),
               int(b["start_frame"][0]) % SPACING) for b in epoch]
   num_records = len(set(records))
@@ -430,31 +434,31 @@ def test_steps_per_epoch():
 
 
 # ------------------------------------------------------------------------------------------------
-# augment.on_device: the same augmentation in JAX, inside the training step (device_augment.py).
+# augment.on_device: the same augmentation in JAX, inside the training step (augment/device.py).
 
 @pytest.mark.parametrize("radius", [0.0, 0.05, 0.21, 0.33, 0.4999])
 def test_device_blur_is_bit_exact_to_pil(radius):
-  from htt_jax import device_augment  # pylint: disable=g-import-not-at-top
+  from htt_jax.augment import device as augment_device  # pylint: disable=g-import-not-at-top
   image = rand_image(3)
   want = np.asarray(Image.fromarray(image).filter(ImageFilter.GaussianBlur(radius)))
-  params = augment.sample_params(tf.constant([1, 2]), 1, image.shape[1])
+  params = augment_params.sample_params(tf.constant([1, 2]), 1, image.shape[1])
   params["blur_radius"] = tf.constant([radius], tf.float32)
-  taps = augment.device_params(params)["aug_blur_weights"].numpy()
-  got = np.asarray(device_augment.gaussian_blur(image[None], taps))[0]
+  taps = augment_params.device_params(params)["aug_blur_weights"].numpy()
+  got = np.asarray(augment_device.gaussian_blur(image[None], taps))[0]
   np.testing.assert_array_equal(got, want)  # Pillow's integer sums, not float32 ones
 
 
 def test_device_augmentation_matches_pil_and_the_reader():
-  from htt_jax import device_augment  # pylint: disable=g-import-not-at-top
+  from htt_jax.augment import device as augment_device  # pylint: disable=g-import-not-at-top
   frames = np.stack([rand_image(s, (36, 50)) for s in range(6)])
   for seed, config in ((5, augment.AugmentConfig()), (6, augment.AugmentConfig(hue=0)),
                        (7, augment.AugmentConfig(blur_radius=0))):
-    params = augment.sample_params(tf.constant([seed, 9]), 6, 50, config)
-    on_device = {k: v.numpy() for k, v in augment.device_params(params, config).items()}
-    got = np.asarray(jax.jit(functools.partial(device_augment.augment_clip,
+    params = augment_params.sample_params(tf.constant([seed, 9]), 6, 50, config)
+    on_device = {k: v.numpy() for k, v in augment_params.device_params(params, config).items()}
+    got = np.asarray(jax.jit(functools.partial(augment_device.augment_clip,
                                                hue_enabled=config.hue > 0))(frames, on_device))
-    host = augment.translate_images(augment.photometric(tf.constant(frames), params, config),
-                                    params["offset"]).numpy()
+    host = augment_host.translate_images(
+        augment_host.photometric(tf.constant(frames), params, config), params["offset"]).numpy()
     params = {k: v.numpy() for k, v in params.items()}
     assert np.any(params["offset"] != 0)
     # The reader's TF ops: the same except where its float32 blur sums round a tie the other way.
@@ -470,18 +474,19 @@ def test_on_device_batches_train_like_reader_augmented_ones(data_dir):
   """The reader with augment.on_device leaves the pixels alone (labels already moved) and adds the
   params; the training step's augmentation then gives the reader's own augmented batch, and the
   same loss."""
-  from htt_jax import device_augment, steps  # pylint: disable=g-import-not-at-top
+  from htt_jax import steps  # pylint: disable=g-import-not-at-top
+  from htt_jax.augment import device as augment_device  # pylint: disable=g-import-not-at-top
   host_config = make_config(data_dir)
   device_config = make_config(data_dir, **{"dataset.augment.on_device": True})
   for host, device in zip(take(host_config, 2), take(device_config, 2)):
-    assert device_augment.has_params(device) and not device_augment.has_params(host)
+    assert augment_device.has_params(device) and not augment_device.has_params(host)
     for i, (v, frames) in enumerate(zip(device["video_index"], device["frame_idx"])):
       np.testing.assert_array_equal(device["image"][i], np.stack([frame_image(v, f)
                                                                   for f in frames]))
     for key in host:
       if key != "image":
         np.testing.assert_array_equal(device[key], host[key], err_msg=key)
-    diff = np.abs(np.asarray(jax.jit(device_augment.augment_batch)(device)).astype(int)
+    diff = np.abs(np.asarray(jax.jit(augment_device.augment_batch)(device)).astype(int)
                   - host["image"])
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
 
@@ -489,7 +494,7 @@ def test_on_device_batches_train_like_reader_augmented_ones(data_dir):
   step = lambda config: jax.jit(functools.partial(steps.train_step, config=config))
   batch_device = {k: v for k, v in device.items() if k != "video_id"}
   batch_host = {k: v for k, v in host.items() if k != "video_id"}
-  augmented = dict(batch_device, image=np.asarray(device_augment.augment_batch(batch_device)))
+  augmented = dict(batch_device, image=np.asarray(augment_device.augment_batch(batch_device)))
   _, from_device = step(device_config)(state, batch_device)
   _, reference = step(host_config)(state, {k: augmented[k] for k in batch_host})
   np.testing.assert_allclose(from_device["loss"], reference["loss"], rtol=1e-6)

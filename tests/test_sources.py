@@ -1,6 +1,6 @@
 """FPHA and H2O sources on tiny raw folders in the real layouts (tests/raw_layouts.py).
 
-Expected values are recomputed here from the facts sheet's constants (facts 3.1, 3.2), typed
+Expected values are recomputed here from the reference's constants (reference.md §3.1, §3.2), typed
 again rather than imported from the sources, so a wrong constant in a source fails a test.
 """
 
@@ -14,13 +14,13 @@ import pytest
 from data_pipeline import fpha, h2o, image_io
 import raw_layouts as rl
 
-# Facts 3.1: world -> colour camera (mm), intrinsics at 1920x1080, joint reorder.
+# reference.md §3.1: world -> colour camera (mm), intrinsics at 1920x1080, joint reorder.
 FPHA_RT = np.array([[0.999988496304, -0.00468848412856, 0.000982563360594, 25.7],
                     [0.00469115935266, 0.999985218048, -0.00273845880292, 1.22],
                     [-0.000969709653873, 0.00274303671904, 0.99999576807, 3.902]])
 FPHA_F, FPHA_C = (1395.749023, 1395.749268), (935.732544, 540.681030)
 FPHA_REORDER = [0, 1, 6, 7, 8, 2, 9, 10, 11, 3, 12, 13, 14, 4, 15, 16, 17, 5, 18, 19, 20]
-# Facts 3.1 / 3.2: the stored 480x270 intrinsics the reference serves.
+# reference.md §3.1 / §3.2: the stored 480x270 intrinsics the reference serves.
 FPHA_K480 = [[348.93726, 0, 233.93314], [0, 348.93732, 135.17026], [0, 0, 1]]
 H2O_F, H2O_C = (636.6593017578125, 636.251953125), (635.283881879317, 366.8740353496978)
 H2O_K480 = [[238.74724, 0, 238.23146], [0, 238.59448, 137.57776], [0, 0, 1]]
@@ -120,7 +120,8 @@ def test_fpha_originals_resized_like_preprocessing(tmp_path):
   root = rl.write_fpha(tmp_path, videos=(("test", "Subject_3", "give_coin", "2", 1, "full"),))
   path = root / "Video_files/Subject_3/give_coin/2/color/color_0000.jpeg"
   Image.fromarray(_texture((1080, 1920))).save(path, quality=90)
-  # Facts 3.3: PIL bilinear (antialiased) to 480x270, saved with PIL's default JPEG quality 75.
+  # reference.md §3.3: PIL bilinear (antialiased) to 480x270, saved with PIL's default JPEG
+  # quality 75.
   small = Image.open(path).convert("RGB").resize((480, 270), Image.Resampling.BILINEAR)
   small.save(tmp_path / "expected.jpeg", quality=75)
   expected = np.asarray(Image.open(tmp_path / "expected.jpeg").convert("RGB"))
@@ -274,7 +275,7 @@ def test_h2o_val_and_unlabelled_test(h2o_root):
   (val,) = h2o.iter_videos(h2o_root, "val")
   assert val.video_id == "val/0001" and val.action == 32 and set(val.object.tolist()) == {0}
   (test,) = h2o.iter_videos(h2o_root, "test")
-  assert test.action == -1 and set(test.object.tolist()) == {-1}  # decision 6.11
+  assert test.action == -1 and set(test.object.tolist()) == {-1}  # reference.md §6.11
   np.testing.assert_array_equal(test.frame_idx, [10, 11, 12])
   assert_colour(test.load_image(1), 11)  # from the 1280x720 original, constant colour: exact
   assert_colour(next(h2o.iter_videos(h2o_root, "test", (135, 240))).load_image(2), 12, (135, 240))
@@ -286,7 +287,8 @@ def test_h2o_originals_resized_without_antialias(tmp_path):
   original = _texture((720, 1280))
   Image.fromarray(original).save(root / "subject2/k1/3/cam4/rgb/000000.png")
   image = next(h2o.iter_videos(root, "val")).load_image(0)
-  # Facts 3.3: OpenCV INTER_LINEAR, no antialias: plain bilinear sampling, to within 1 level.
+  # reference.md §3.3: OpenCV INTER_LINEAR, no antialias: plain bilinear sampling, to within
+  # 1 level.
   assert np.abs(image.astype(int) - _float_bilinear(original, (270, 480))).max() <= 1
 
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from data_pipeline import fpha, h2o, reader, synthetic, writer
+from data_pipeline import fpha, h2o, reader, schema, synthetic, writer
 from data_pipeline.tfds import common
 from data_pipeline.tfds.fpha import fpha_dataset_builder
 from data_pipeline.tfds.h2o import h2o_dataset_builder
@@ -60,8 +60,8 @@ def check_same_as_writer(builder, prepared_dir, splits):
   """Same manifest content, same records in the same order, same clips."""
   tfds_dir = builder.data_dir
   for split in splits:
-    ours = writer.load_manifest(str(prepared_dir), split)
-    theirs = writer.load_manifest(tfds_dir, split)
+    ours = schema.load_manifest(str(prepared_dir), split)
+    theirs = schema.load_manifest(tfds_dir, split)
     for key in SAME_KEYS:
       assert theirs[key] == ours[key], (split, key)
     info = builder.info.splits[split]
@@ -152,8 +152,8 @@ def test_input_pipeline_reads_tfds_output(fpha_built, smoke_config):
 def test_max_examples_per_split_gives_a_consistent_manifest(fpha_built, tmp_path):
   raw, _, prepared = fpha_built
   builder = build(fpha_dataset_builder.Builder, tmp_path, raw, max_examples_per_split=3)
-  manifest = writer.load_manifest(builder.data_dir, "train")
-  full = writer.load_manifest(str(prepared), "train")
+  manifest = schema.load_manifest(builder.data_dir, "train")
+  full = schema.load_manifest(str(prepared), "train")
   assert manifest["records"] == 3 and manifest["clips"]["eval"] == 3
   # The first video of 40 frames has 4 windows at T=16, t=4: the prefix is all in it.
   assert manifest["videos"]["ids"] == full["videos"]["ids"][:1]
@@ -215,7 +215,7 @@ def test_build_command_finds_the_builder(fpha_built, tmp_path):
     a = records(sorted(built.glob(f"fpha-{split}.tfrecord-*")))
     b = records(builder.info.splits[split].filepaths)
     assert a == b
-    assert writer.load_manifest(str(built), split)["records"] == len(a)
+    assert schema.load_manifest(str(built), split)["records"] == len(a)
 
 
 def test_beam_generation_same_records(fpha_built, tmp_path):
@@ -245,4 +245,4 @@ def test_tfds_executable_builds_with_beam(fpha_built, tmp_path):
   for split in ("train", "test"):
     a = records(sorted(built.glob(f"fpha-{split}.tfrecord-*")))
     assert a == records(builder.info.splits[split].filepaths)
-    assert writer.load_manifest(str(built), split)["records"] == len(a)
+    assert schema.load_manifest(str(built), split)["records"] == len(a)

@@ -1,4 +1,5 @@
-"""Storage windows reproduce the reference's training and evaluation clips exactly (facts 3.4-3.5)."""
+"""Storage windows reproduce the reference's training and evaluation clips
+exactly (reference.md §3.4-3.5)."""
 
 import numpy as np
 import pytest
@@ -61,7 +62,8 @@ def test_window_invariants(length, t_clip, t_win, spacing):
 
 
 def test_reference_counts():
-  """Facts 3.4: L=300 -> 64 training clips, L=40 -> 32; formula 32*floor(L/256) + min(32, L%256)."""
+  """reference.md §3.4: L=300 -> 64 training clips, L=40 -> 32; formula 32*floor(L/256) +
+  min(32, L%256)."""
   assert windowing.count_clips(300, 128, 16, 2)[0] == 64
   assert windowing.count_clips(40, 128, 16, 2)[0] == 32
   for length in LENGTHS + [1000, 1024, 1055]:
@@ -73,7 +75,8 @@ def test_reference_counts():
 
 
 def test_reference_example_300_frames():
-  """Facts 3.5: start 0 -> frames 0, 2, ..., 254; start 256 -> 256..298 (22 valid) + 106 copies."""
+  """reference.md §3.5: start 0 -> frames 0, 2, ..., 254; start 256 -> 256..298 (22 valid) +
+  106 copies."""
   positions, not_padding = windowing.clip_positions(300, 0, 128, 2)
   np.testing.assert_array_equal(positions, np.arange(0, 256, 2))
   assert not_padding.all()

@@ -1,8 +1,8 @@
 """prepare_split -> shards + manifest -> read_clips, checked against clip lists derived here.
 
-The expected clips are computed in this file straight from facts 3.4-3.5 (start rule and step
-loop), independently of data_pipeline.windowing. Fake videos encode each raw frame number in their
-pixels and annotations, so a frame from the wrong place shows up as a wrong value.
+The expected clips are computed in this file straight from reference.md §3.4-3.5 (start rule and
+step loop), independently of data_pipeline.windowing. Fake videos encode each raw frame number in
+their pixels and annotations, so a frame from the wrong place shows up as a wrong value.
 """
 
 import importlib.util
@@ -68,7 +68,8 @@ def make_videos():
 
 
 def expected_clips(videos, t_clip, t_win, spacing, train):
-  """The reference's clips, by its own rules (facts 3.4-3.5), not via data_pipeline.windowing."""
+  """The reference's clips, by its own rules (reference.md §3.4-3.5), not
+  via data_pipeline.windowing."""
   out = []
   for video in videos:
     length = len(video)
@@ -164,7 +165,7 @@ def test_png_roundtrip_train_and_eval(tmp_path, t_clip, t_win, spacing):
   assert manifest["vocabulary"] == {"actions": ["a", "b", "c"], "objects": ["o"]}
   assert manifest["bytes_per_stored_frame"] == pytest.approx(
       manifest["bytes"] / manifest["frames"]["stored"])
-  if (t_clip, t_win, spacing) == (128, 16, 2):  # facts 3.4: L=40 -> 32 training clips
+  if (t_clip, t_win, spacing) == (128, 16, 2):  # reference.md §3.4: L=40 -> 32 training clips
     assert sum(c["video_id"] == videos[0].video_id for c in train) == 32
 
 

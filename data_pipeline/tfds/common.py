@@ -19,8 +19,8 @@ record's position in the split, scaled over TFDS's 128-bit key space: the writer
 and spread keys land in its 1000 sort buckets in order instead of all in bucket 0 (which it would
 sort in memory: the whole split once it passes 1 GB).
 
-Manifests: after the splits are written, `<split>.manifest.json` (the keys of
-`data_pipeline/writer.py`) is added to the dataset folder, listing the TFDS shard files, so
+Manifests: after the splits are written, `<split>.manifest.json` (schema.make_manifest's keys,
+as the writer's) is added to the dataset folder, listing the TFDS shard files, so
 `read_clips(folder, split)` and training with `config.dataset.data_dir=folder` work as on
 prepare_data.py's output. TFDS may split a video over two shards; the readers do not mind.
 
@@ -33,12 +33,10 @@ import abc
 import collections
 import dataclasses
 import inspect
-import json
 import os
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
 from etils import epath
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -51,12 +49,11 @@ VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": f"Storage windows of data_pipeline/schema.py version "
                           f"{schema.SCHEMA_VERSION}."}
 _KEY_SPACE = 2 ** 128  # TFDS's shuffler packs keys into 128 bits.
-# The writer's own pieces: a record, its settings, the video checks and the vocabulary format have
-# one implementation, the writer's.
+# The writer's own pieces: a record, its settings and the video checks have one implementation,
+# the writer's.
 _RecordOptions = writer.RecordOptions
 _video_records = writer.video_records
 _check_videos = writer.check_videos
-_vocabulary_json = writer.vocabulary_json
 
 
 @dataclasses.dataclass(eq=False)
@@ -128,20 +125,8 @@ def features(config: WindowConfig, num_joints: int, num_hands: int) -> tfds.feat
 
 def record_to_example(serialized: bytes) -> Dict[str, Any]:
   """One schema.make_example record -> the dict TFDS encodes (arrays shaped, images encoded)."""
-  proto = tf.train.Example.FromString(serialized).features.feature
-  values = {}
-  for name, spec in schema.FEATURES.items():
-    kind = proto[name].WhichOneof("kind")
-    listed = list(getattr(proto[name], kind).value) if kind else []
-    scalar = isinstance(spec, tf.io.FixedLenFeature) and not spec.shape
-    values[name] = listed[0] if scalar else listed
-  n, j, k = len(values["frame_idx"]), values["num_joints"], values["num_hands"]
-  ints = lambda name, *shape: np.asarray(values[name], np.int64).reshape(shape)
-  floats = lambda name, *shape: np.asarray(values[name], np.float32).reshape(shape)
-  values.update(frame_idx=ints("frame_idx", n), object=ints("object", n),
-                hand_valid=ints("hand_valid", n, k).astype(bool),
-                joints3d=floats("joints3d", n, j, 3), joints2d=floats("joints2d", n, j, 2),
-                intrinsics=floats("intrinsics", 3, 3))
+  values = schema.record_arrays(serialized)
+  values["hand_valid"] = values["hand_valid"].astype(bool)  # the feature is tf.bool
   return values
 
 
@@ -234,7 +219,7 @@ class WindowedVideoBuilder(tfds.core.GeneratorBasedBuilder):
     self.info.metadata.update(
         format_version=schema.SCHEMA_VERSION, num_frames=config.num_frames,
         window=config.window, spacing=config.spacing, image_size=list(config.image_size),
-        vocabulary=_vocabulary_json(vocabulary))
+        vocabulary=schema.vocabulary_json(vocabulary))
     return generators
 
   def _generate_examples(self, split: str):
@@ -272,7 +257,7 @@ class WindowedVideoBuilder(tfds.core.GeneratorBasedBuilder):
       self._write_manifest(split)
 
   def _write_manifest(self, split: str) -> None:
-    """`<split>.manifest.json` (writer.py's keys) for the TFDS shards of `split`."""
+    """`<split>.manifest.json` (schema.make_manifest's keys) for the TFDS shards of `split`."""
     config, plan = self.builder_config, self._plans[split]
     info = self.info.splits[split]
     # max_examples_per_split keeps a prefix of the (ordered) windows; count what was written.
@@ -286,22 +271,15 @@ class WindowedVideoBuilder(tfds.core.GeneratorBasedBuilder):
                      "stored_frames": sum(len(w.positions) for _, w in part),
                      "bytes": tf.io.gfile.stat(os.path.join(folder, name)).length})
       start += length
-    stored = sum(s["stored_frames"] for s in shards)
-    total_bytes = sum(s["bytes"] for s in shards)
     num_joints, num_hands = self._joints_and_hands()
-    manifest = {
-        "format_version": schema.SCHEMA_VERSION, "dataset": self.name,
-        "num_frames": config.num_frames, "window": config.window, "spacing": config.spacing,
-        "image_size": list(config.image_size), "image_format": config.image_format,
-        "jpeg_quality": config.jpeg_quality if config.image_format == "jpeg" else None,
-        "split": split, "num_joints": num_joints, "num_hands": num_hands,
-        "vocabulary": self.info.metadata["vocabulary"],
-        "videos": {"count": len(used), "ids": [plan.videos[i].video_id for i in used]},
-        "clips": {"train": sum(w.num_train_offsets for _, w in windows), "eval": len(windows)},
-        "frames": {"raw": sum(len(plan.videos[i]) for i in used), "stored": stored},
-        "records": len(windows), "shards": shards, "bytes": total_bytes,
-        "bytes_per_stored_frame": total_bytes / max(1, stored),
-        "tfds": {"name": self.info.full_name},
-    }
-    with tf.io.gfile.GFile(writer.manifest_path(folder, split), "w") as f:
-      json.dump(manifest, f, indent=1)
+    format_config = schema.record_config(
+        self.name, config.num_frames, config.window, config.spacing, config.image_size,
+        config.image_format, config.jpeg_quality)
+    manifest = schema.make_manifest(
+        format_config, split, num_joints=num_joints, num_hands=num_hands,
+        vocabulary=self.info.metadata["vocabulary"],
+        video_ids=[plan.videos[i].video_id for i in used],
+        clips=(sum(w.num_train_offsets for _, w in windows), len(windows)),
+        raw_frames=sum(len(plan.videos[i]) for i in used), shards=shards,
+        tfds={"name": self.info.full_name})
+    schema.write_manifest(folder, split, manifest)

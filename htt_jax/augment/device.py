@@ -1,12 +1,12 @@
 """The reference's photometric augmentation and image shift in JAX, run inside the training step.
 
 With `config.dataset.augment.on_device=True` the tf.data reader only decodes the frames and draws a
-clip's random parameters (augment.device_params); the pixels are blurred, colour-jittered and
+clip's random parameters (params.device_params); the pixels are blurred, colour-jittered and
 shifted here, on the accelerator, as part of the compiled step. Decoding is then the host's only
-per-pixel work (about 1.2 ms per 270x480 frame and core, against about 16 ms for the photometric
-ops in TF on the host), which is what lets a few CPU cores feed a GPU.
+per-pixel work, an order of magnitude cheaper than the photometric ops in TF on the host, which is
+what lets a few CPU cores feed a GPU (the costs: docs/benchmarks.md, "Input pipeline").
 
-Same arithmetic as augment.py (Pillow's, facts 3.7), per clip:
+Same arithmetic as host.py (Pillow's, reference.md §3.7), per clip:
 - Gaussian blur (3 box passes per axis, horizontal first, edges replicated) in Pillow's own 24-bit
   fixed point with uint32 sums, so it is bit-exact to Pillow (the TF version's float32 sums can be
   1 off near rounding ties);
@@ -14,9 +14,8 @@ Same arithmetic as augment.py (Pillow's, facts 3.7), per clip:
   round evaluates the four ops and keeps, for each frame, the one that frame drew (select, so the
   program has static shapes); hue through the same exact HSV tables (pillow_hsv.py);
 - then the integer translation with black fill.
-Geometry (intrinsics, 2D joints) was already shifted on the host. Batch keys (B leading): aug_offset
-(2,) int32 (x, y), aug_brightness, aug_saturation, aug_contrast () float32, aug_hue_shift () int32,
-aug_blur_weights (T, 2K+1) int32 (fixed-point taps, 2^24 in all), aug_order (T, 4) int32.
+Geometry (intrinsics, 2D joints) was already shifted on the host. The params arrive as the batch
+keys DEVICE_PARAM_KEYS (htt_jax/augment/__init__.py), B leading.
 """
 
 import functools
@@ -27,13 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from htt_jax import pillow_hsv
-
-# Op ids, as augment.py (the reference's list order before shuffling).
-BRIGHTNESS, SATURATION, HUE, CONTRAST = 0, 1, 2, 3
-NUM_COLOR_OPS = 4
-PARAM_KEYS = ("aug_offset", "aug_brightness", "aug_saturation", "aug_contrast", "aug_hue_shift",
-              "aug_blur_weights", "aug_order")
+from htt_jax.augment import BRIGHTNESS, CONTRAST, DEVICE_PARAM_KEYS, HUE, NUM_COLOR_OPS, SATURATION
+from htt_jax.augment import pillow_hsv
 
 
 @functools.lru_cache(maxsize=None)
@@ -93,7 +87,7 @@ def color_jitter(x, order, brightness, saturation, contrast, hue_shift, hue_enab
         HUE: adjust_hue(x, hue_shift, tables) if hue_enabled else x,
     }
     # Each round's frames materialised: fusing the rounds recomputes the earlier ones for every
-    # channel the next reads (measured 4x slower on CPU for four hue rounds).
+    # channel the next reads (several times slower on CPU with four hue rounds).
     x = lax.optimization_barrier(jnp.select([op == i for i in range(NUM_COLOR_OPS)],
                                             [candidates[i] for i in range(NUM_COLOR_OPS)]))
   return x
@@ -142,10 +136,10 @@ def augment_clip(images, params: Dict[str, jax.Array], hue_enabled: bool = True)
 
 def augment_batch(batch, hue_enabled: bool = True):
   """batch['image'] (B, T, H, W, 3) augmented with the batch's aug_* params (vmapped over B)."""
-  params = {k: batch[k] for k in PARAM_KEYS}
+  params = {k: batch[k] for k in DEVICE_PARAM_KEYS}
   return jax.vmap(functools.partial(augment_clip, hue_enabled=hue_enabled))(batch["image"], params)
 
 
 def has_params(batch) -> bool:
   """Whether the reader left the photometric augmentation to the step (augment.on_device)."""
-  return all(k in batch for k in PARAM_KEYS)
+  return all(k in batch for k in DEVICE_PARAM_KEYS)

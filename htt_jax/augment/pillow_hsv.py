@@ -1,7 +1,7 @@
 """Pillow's RGB <-> HSV conversions (Convert.c) as exact uint8 lookup tables, in numpy.
 
-Shared by the tf.data augmentation (augment.py) and the on-accelerator one (device_augment.py), so
-both shift hue exactly as the reference's PIL calls do.
+Shared by the tf.data augmentation (host.py) and the on-accelerator one (device.py), so both shift
+hue exactly as the reference's PIL calls do.
 """
 
 import numpy as np

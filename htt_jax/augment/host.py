@@ -1,88 +1,27 @@
-"""The reference's training augmentation (facts 3.7) on whole clips (T, H, W, 3) uint8, in TF ops.
+"""The augmentation's ops in TF, run by the tf.data reader on whole clips (T, H, W, 3) uint8.
 
-Order as in the reference (datasets/seqset_htt.py:SeqSet.get_sample): Gaussian blur (radius per
-frame), colour jitter (factors per clip, the four ops in a random order reshuffled per frame),
-then the spatial transform, an exact integer translation with black fill. Colour comes first, so
-the uncovered border stays black and the contrast op averages the whole unshifted image.
-
-Every op reproduces Pillow's arithmetic (PIL is what the reference calls), bit for bit except
-for rare blur ties:
+The order of the ops is described in htt_jax/augment/__init__.py; their random parameters are
+drawn by params.py (`augment_clip` draws, then applies). Every op reproduces Pillow's arithmetic
+(PIL is what the reference calls), bit for bit except for rare blur ties:
 - ImageEnhance.Brightness / Color / Contrast are Image.blend(degenerate, image, f) =
   trunc(deg + f * (image - deg)) in float32, clipped to [0, 255]; Color's degenerate is the L image
   (ITU-R 601-2 in fixed point: (19595 R + 38470 G + 7471 B + 2^15) >> 16); Contrast's is the
   constant int(mean(L) + 0.5).
 - hue (torchvision-style adjust_hue): RGB -> HSV (Pillow's Convert.c, uint8 H, S, V), H shifted by
-  trunc(h * 255) mod 256 with wrap-around (facts 6.16), HSV -> RGB. The two conversions are exact
-  lookup tables built once per process with numpy replaying Pillow's float/double arithmetic.
+  trunc(h * 255) mod 256 with wrap-around (reference.md §6.16), HSV -> RGB. The two conversions are
+  exact lookup tables built once per process with numpy replaying Pillow's float/double arithmetic.
 - GaussianBlur(radius) is Pillow's: 3 passes of an "extended box" blur per axis (horizontal
   passes, then vertical), box radius from _gaussian_blur_radius, 24-bit fixed-point weights,
   rounding to uint8 after every pass, edges replicated. Per-frame kernels run as one depthwise
   convolution with frames folded into channels; its float32 sums differ from Pillow's integer
   ones only within ~1e-5 of a rounding tie (< 1% of pixels off by 1 at radius < 0.5).
-
-Randomness is stateless, keyed by a (2,) int64 seed tensor, so a clip's augmentation depends only
-on its key (the input pipeline derives it from the seed and the clip's place in the epoch).
 """
-
-import dataclasses
-import math
 
 import tensorflow as tf
 
-from htt_jax import pillow_hsv
-
-# Op ids, in the order colortrans.apply_jitter builds its list before shuffling it.
-BRIGHTNESS, SATURATION, HUE, CONTRAST = 0, 1, 2, 3
-NUM_COLOR_OPS = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-  """Amounts (reference defaults, facts 3.7; 0 disables an op as in the reference)."""
-  brightness: float = 0.5  # factor ~ U[max(0, 1 - b), 1 + b], per clip
-  contrast: float = 0.5
-  saturation: float = 0.5
-  hue: float = 0.15  # shift ~ U[-h, h], per clip
-  blur_radius: float = 0.5  # radius ~ U[0, 1) * r, per frame
-  center_jittering: float = 0.1  # offset = trunc(c * width * U[-1, 1)), per clip and axis
-  # Frames processed together: bounds the float32 intermediates to a few of these chunks.
-  chunk_frames: int = 16
-  # True: the reader only draws the params and moves the geometry; blur, colour and the image
-  # shift run in the training step on the accelerator (device_augment.py, same arithmetic).
-  on_device: bool = False
-
-
-def fold_key(key, *data):
-  """A new (2,) int64 key from `key` and integers (stateless; order matters)."""
-  key = tf.cast(key, tf.int64)
-  for d in data:
-    key = tf.random.experimental.stateless_fold_in(key, tf.cast(d, tf.int64))
-  return key
-
-
-def sample_params(key, num_frames, width, config: AugmentConfig = AugmentConfig()):
-  """The random draws of one clip (inspectable; `apply_params` applies them).
-
-  Returns offset (2,) int32 (x, y), brightness, saturation, contrast, hue () float32 (per clip),
-  blur_radius (T,) float32 and order (T, 4) int32 (op ids per round; per frame).
-  """
-  keys = tf.random.experimental.stateless_split(tf.cast(key, tf.int64), 4)
-  jitter = tf.random.stateless_uniform([2], keys[0], -1.0, 1.0, dtype=tf.float64)
-  # The reference scales by the crop size 480 (= the width) for both axes and truncates with
-  # astype(int): offsets in (-0.1 W, 0.1 W), 0 twice as likely (facts 3.7, 6.16).
-  offset = tf.cast(config.center_jittering * tf.cast(width, tf.float64) * jitter, tf.int32)
-  u = tf.random.stateless_uniform([4], keys[1], dtype=tf.float64)
-
-  def factor(amount, ui):  # random.uniform(max(0, 1 - a), 1 + a); 1 (identity) when disabled.
-    low = max(0.0, 1.0 - amount)
-    return tf.cast(low + (1.0 + amount - low) * ui if amount > 0 else tf.ones_like(ui), tf.float32)
-
-  hue = tf.cast(-config.hue + 2.0 * config.hue * u[3], tf.float32)
-  radius = tf.random.stateless_uniform([num_frames], keys[2]) * config.blur_radius
-  order = tf.argsort(tf.random.stateless_uniform([num_frames, NUM_COLOR_OPS], keys[3]), axis=1)
-  return {"offset": offset, "brightness": factor(config.brightness, u[0]),
-          "saturation": factor(config.saturation, u[1]), "contrast": factor(config.contrast, u[2]),
-          "hue": hue, "blur_radius": radius, "order": tf.cast(order, tf.int32)}
+from htt_jax.augment import AugmentConfig, BRIGHTNESS, CONTRAST, HUE, NUM_COLOR_OPS, SATURATION
+from htt_jax.augment import params as params_lib
+from htt_jax.augment import pillow_hsv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,11 +81,6 @@ def hsv_tables():
   return _TABLES
 
 
-def hue_shift(hue_factor):
-  """The H shift: trunc(h * 255) mod 256 (facts 6.16: the reference's uint8 cast, wrapped)."""
-  return tf.math.floormod(tf.cast(tf.cast(hue_factor, tf.float64) * 255.0, tf.int32), 256)
-
-
 def adjust_hue(x, hue_factor):
   """RGB -> HSV -> H + shift (mod 256) -> RGB, exactly as Pillow computes it; uint8 -> uint8."""
   h_of_rgb, s_of_maxmin, rgb_of_hsv = hsv_tables()
@@ -156,7 +90,7 @@ def adjust_hue(x, hue_factor):
   minc = tf.minimum(r, tf.minimum(g, b))
   h = tf.cast(tf.gather(h_of_rgb, r * 65536 + g * 256 + b), tf.int32)
   s = tf.cast(tf.gather(s_of_maxmin, maxc * 256 + minc), tf.int32)
-  h = tf.bitwise.bitwise_and(h + hue_shift(hue_factor), 255)
+  h = tf.bitwise.bitwise_and(h + params_lib.hue_shift(hue_factor), 255)
   return tf.gather(rgb_of_hsv, h * 65536 + s * 256 + maxc)
 
 
@@ -183,34 +117,6 @@ def color_jitter(x, order, brightness, saturation, contrast, hue, hue_enabled=Tr
 # ---------------------------------------------------------------------------------------------
 # Blur.
 
-def _box_radius(radius):
-  """Pillow's _gaussian_blur_radius(radius, passes=3) (float32 as in C)."""
-  sigma2 = radius * radius / 3.0
-  big_l = tf.cast(tf.sqrt(12.0 * tf.cast(sigma2, tf.float64) + 1.0), tf.float32)
-  small_l = tf.floor((big_l - 1.0) / 2.0)
-  a = (2.0 * small_l + 1.0) * (small_l * (small_l + 1.0) - 3.0 * sigma2)
-  a = a / (6.0 * (sigma2 - (small_l + 1.0) * (small_l + 1.0)))
-  return small_l + a
-
-
-def blur_kernels(radius, max_radius: float):
-  """Per-frame 1-D kernels (N, 2K+1) of one box pass: ww over the 2l+1 centre taps, fw at +-(l+1).
-
-  ww = trunc(2^24 / (2 r + 1)), fw = (2^24 - (2l+1) ww) // 2 (BoxBlur.c), divided by 2^24.
-  K = 1 + the largest integer box radius max_radius can give.
-  """
-  sigma2 = max_radius * max_radius / 3.0  # Static K: the same formula in Python.
-  big_k = 1 + math.floor((math.sqrt(12.0 * sigma2 + 1.0) - 1.0) / 2.0)
-  box = _box_radius(tf.cast(radius, tf.float32))
-  whole = tf.minimum(tf.cast(box, tf.int32), big_k - 1)
-  ww = tf.cast(tf.cast(2.0 ** 24, tf.float32) / (box * 2.0 + 1.0), tf.int64)
-  fw = (2 ** 24 - tf.cast(2 * whole + 1, tf.int64) * ww) // 2
-  taps = tf.abs(tf.range(-big_k, big_k + 1))[None, :]
-  weights = tf.where(taps <= whole[:, None], ww[:, None],
-                     tf.where(taps == whole[:, None] + 1, fw[:, None], 0))
-  return tf.cast(weights, tf.float32) * (1.0 / 2.0 ** 24)
-
-
 def _pad_edges(y, width: int, axis: int):
   """Repeats the edge pixels `width` times along `axis` (Pillow's box blur extends the edges).
 
@@ -228,7 +134,7 @@ def gaussian_blur(x, radius, max_radius: float = 0.5):
   exact sum lies within ~1e-5 of a rounding tie, a pixel can differ from Pillow's by 1 per pass.
   """
   num, height, width = tf.shape(x)[0], tf.shape(x)[1], tf.shape(x)[2]
-  kernels = blur_kernels(radius, max_radius)  # (N, 2K+1)
+  kernels = params_lib.blur_kernels(radius, max_radius)  # (N, 2K+1)
   big_k = (kernels.shape[1] - 1) // 2
   # Frames and colours become the channels of one image: one depthwise conv per pass.
   y = tf.reshape(tf.transpose(x, [1, 2, 0, 3]), [1, height, width, num * 3])
@@ -293,7 +199,8 @@ def apply_geometry(clip, params):
   joints25d (T,J,3) (u, v moved by -offset; depth and 3D unchanged). The image is left alone."""
   out = dict(clip)
   matrix = translation_matrix(params["offset"])
-  # K_aug = A K (facts 3.7): cx, cy move with the image, so back-projection stays consistent.
+  # K_aug = A K (reference.md §3.7): cx, cy move with the image, so back-projection
+  # stays consistent.
   out["intrinsics"] = tf.linalg.matmul(matrix, tf.cast(clip["intrinsics"], tf.float32))
   shift = tf.cast(params["offset"], tf.float32)
   if "joints2d" in clip:
@@ -312,30 +219,15 @@ def apply_params(clip, params, config: AugmentConfig = AugmentConfig()):
   return out
 
 
-def device_params(params, config: AugmentConfig = AugmentConfig()):
-  """The drawn params in the form device_augment.py applies them (its module docstring): the hue
-  shift as an integer, the blur as integer fixed-point taps (identity when blur is off)."""
-  num = tf.shape(params["blur_radius"])[0]
-  if config.blur_radius > 0:
-    taps = tf.cast(tf.round(blur_kernels(params["blur_radius"], config.blur_radius) * 2.0 ** 24),
-                   tf.int32)
-  else:
-    taps = tf.tile(tf.constant([[0, 2 ** 24, 0]], tf.int32), [num, 1])
-  return {"aug_offset": tf.cast(params["offset"], tf.int32),
-          "aug_brightness": params["brightness"], "aug_saturation": params["saturation"],
-          "aug_contrast": params["contrast"], "aug_hue_shift": hue_shift(params["hue"]),
-          "aug_blur_weights": taps, "aug_order": params["order"]}
-
-
 def augment_clip(clip, key, config: AugmentConfig = AugmentConfig()):
   """The reference's training augmentation of one clip, keyed by `key` ((2,) int seed).
 
   With config.on_device only the geometry is applied; the clip gains the aug_* params."""
   shape = tf.shape(clip["image"])
   width = clip["image"].shape[2] or shape[2]
-  params = sample_params(key, shape[0], width, config)
+  params = params_lib.sample_params(key, shape[0], width, config)
   if config.on_device:
     out = apply_geometry(clip, params)
-    out.update(device_params(params, config))
+    out.update(params_lib.device_params(params, config))
     return out
   return apply_params(clip, params, config)
