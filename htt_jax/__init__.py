@@ -1,8 +1,7 @@
-"""htt-jax: HTT (Wen et al., CVPR 2023) in JAX/Flax."""
+"""htt-jax: HTT (Wen et al., CVPR 2023) in JAX/Flax.
 
-from htt_jax import cpu_flags as _cpu_flags
+Importing the package changes no environment variable: XLA's CPU flags are chosen by each entry
+point before JAX starts (htt_jax/cpu_flags.py).
+"""
 
 __version__ = "0.1.0"
-
-# XLA:CPU's YNNPACK fusions off until a script knows its dtype (cpu_flags.py: bfloat16 NaNs).
-_cpu_flags.set_import_default()

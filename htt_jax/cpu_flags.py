@@ -1,23 +1,23 @@
-"""XLA:CPU's YNNPACK fusions: on for the runs they speed up, off otherwise.
+"""XLA:CPU's YNNPACK fusions (`--xla_cpu_experimental_ynn_fusion_type`): per process, by dtype.
 
-jax/jaxlib 0.12.0.1 on this project's 2-core x86 CPUs, `scripts/benchmark.py --mode=train`
-(README, Benchmark). Since the ResNet materialises convolution inputs on CPU (models/resnet.py),
-float32 training is fastest with YNNPACK's reduction fusions alone,
-`--xla_cpu_experimental_ynn_fusion_type=reduce`, whatever the BatchNorm: 2026-12-03, AMD EPYC
-(Zen 3), stored-statistics BatchNorm (the paper's training), median steps of alternating runs at
-(96, 160, 2, 32, 16) 1758 / 1872 / 1855 ms against 1952 / 1958 / 2699 with `eltwise,reduce`,
-and at (270, 480, 1, 32, 16) 7606 / 7568 against 9298 ms. (Before that change `eltwise,reduce`
-was the faster one for stored statistics, because the elementwise fusions absorbed the
-transposes' recomputation.) With batch-statistics BatchNorm (`model.batch_norm='batch'`, the
-demo's 72x96 model) the reductions alone 774 vs 823 ms off, `eltwise,reduce` 898 ms (2026-11-25).
-XLA's own emitter sums a (64, 24, 40, 64) gradient over N, H, W (every bias gradient) in 4.4 ms,
-YNNPACK in 0.4 ms. And with any YNNPACK fusion on, bfloat16 ResNet-18 on XLA:CPU returns NaNs
-(tests/test_model.py's bfloat16 test fails with `eltwise`, `reduce` or both). JAX reads the flag
-once, when it starts its CPU backend, so the choice is per process:
+Settings and why (jax/jaxlib 0.12; the measurements are in docs/benchmarks.md):
+- float32: the reduction fusions alone, `--xla_cpu_experimental_ynn_fusion_type=reduce`
+  (`FLOAT32_FUSIONS`). They make XLA:CPU's sums over N, H, W (every bias and BatchNorm gradient)
+  about 10x faster, so float32 training is fastest with them, with either BatchNorm. Adding the
+  elementwise fusions (`eltwise,reduce`) was slower once the ResNet keeps its convolution inputs
+  materialised on CPU (models/resnet.py).
+- bfloat16: off (`OFF`, the flag with an empty value). With any YNNPACK fusion on, bfloat16
+  ResNet-18 on XLA:CPU returns NaNs (tests/test_model.py's bfloat16 test fails with `eltwise`,
+  `reduce` or both). JAX's own default turns fusions on, so a process that runs bfloat16 on the CPU
+  must turn them off before JAX starts; `models.build_model` logs a warning
+  (`warn_if_unsafe_for_bfloat16`) when a bfloat16 model is built on the CPU and XLA_FLAGS does not.
+- a process that runs several configs gets one flag: off unless every config wants the same.
 
-- importing `htt_jax` turns the fusions off (safe for every run), `set_import_default`;
-- the scripts call `configure(configs)` with every config the process will run, before JAX starts;
-  float32 runs get the reduction fusions (`fusions_for`);
+JAX reads XLA_FLAGS once, when it starts its CPU backend, so the choice is made by the process's
+entry point before JAX starts; importing `htt_jax` changes no environment variable:
+- the scripts call `configure(configs)` with every config the process will run, first thing;
+- the test session (tests/conftest.py) calls `set_safe_default()`: fusions off, safe for every
+  dtype; processes started by tests inherit it;
 - a `--xla_cpu_experimental_ynn_fusion_type` the user put in XLA_FLAGS is never changed.
 """
 
@@ -39,8 +39,14 @@ def _replace(flags: str, value: str) -> str:
   return " ".join(kept + [value])
 
 
-def set_import_default() -> None:
-  """Turns the fusions off unless XLA_FLAGS already chooses (called when `htt_jax` is imported)."""
+def _current(flags: str):
+  """The YNNPACK flag XLA_FLAGS holds (the last one wins), or None."""
+  return next((f for f in reversed(flags.split()) if f.startswith(YNN_FLAG + "=")), None)
+
+
+def set_safe_default() -> None:
+  """Turns the fusions off unless XLA_FLAGS already chooses (for entry points that do not know
+  their dtype yet, e.g. the test session); `configure` may still change it."""
   flags = os.environ.get("XLA_FLAGS", "")
   if YNN_FLAG not in flags:
     os.environ["XLA_FLAGS"] = _replace(flags, OFF)
@@ -48,18 +54,19 @@ def set_import_default() -> None:
 
 
 def fusions_for(config) -> str:
-  """The flag measured fastest for runs like `config` (docstring above)."""
+  """The flag for runs like `config` (docstring above)."""
   return FLOAT32_FUSIONS if str(config.dtype) == "float32" else OFF
 
 
 def configure(configs: Iterable) -> str:
-  """Chooses the fusions for a process that will run `configs`; returns the flag in effect.
+  """Chooses the fusions for a process that will run `configs`; returns the flag in effect ('' for
+  JAX's default, when JAX had started without one).
 
   Must run before JAX starts its backends (the scripts call it first thing in `main`).
   """
   flags = os.environ.get("XLA_FLAGS", "")
-  current = next((f for f in flags.split() if f.startswith(YNN_FLAG + "=")), OFF)
-  if os.environ.get(_OURS) != "1" and YNN_FLAG in flags:
+  current = _current(flags)  # None: JAX's default (fusions on)
+  if os.environ.get(_OURS) != "1" and current is not None:
     logging.info("XLA:CPU YNNPACK fusions as set in XLA_FLAGS: %s", current)
     return current
   choices = {fusions_for(c) for c in configs}
@@ -71,9 +78,22 @@ def configure(configs: Iterable) -> str:
     except (ImportError, AttributeError):  # private API: if it moves, assume not started
       started = False
     if started:
-      logging.warning("JAX has already started; %s stays as it was (%s)", YNN_FLAG, current)
-      return current
+      logging.warning("JAX has already started; %s stays as it was (%s)", YNN_FLAG,
+                      current or "JAX's default")
+      return current or ""
     os.environ["XLA_FLAGS"] = _replace(flags, wanted)
     os.environ[_OURS] = "1"
   logging.info("XLA:CPU YNNPACK fusions: %s", wanted)
   return wanted
+
+
+def warn_if_unsafe_for_bfloat16() -> bool:
+  """Logs a warning unless XLA_FLAGS turns the YNNPACK fusions off (bfloat16 NaNs on XLA:CPU);
+  returns whether it is safe. Only XLA_FLAGS is seen: JAX read it when its CPU backend started."""
+  flag = _current(os.environ.get("XLA_FLAGS", ""))
+  if flag == OFF:
+    return True
+  logging.log_first_n(logging.WARNING,
+      "bfloat16 on XLA:CPU with YNNPACK fusions on (%s) gives NaNs: set XLA_FLAGS=%s before JAX "
+      "starts, or call htt_jax.cpu_flags.configure([config]) first", 1, flag or "JAX's default", OFF)
+  return False

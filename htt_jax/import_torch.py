@@ -4,24 +4,25 @@ Public API:
   load_torch_file(path) -> object                 safe `torch.load` (see Security below)
   extract_state_dict(obj) -> {key: np.ndarray}    the model weights inside a loaded file
   reference_to_flax(state_dict, config, source=None) -> {'params', 'batch_stats'}
-  flax_to_reference(variables) -> {key: np.ndarray}   exact inverse, in facts 5.2 order
+  flax_to_reference(variables) -> {key: np.ndarray}   exact inverse, in reference.md §5.2 order
   resnet_to_flax(state_dict, source=None) -> {'params', 'batch_stats'} of the `backbone` subtree
   init_backbone_from_resnet(variables, path) -> new variables with an ImageNet backbone
   convert_reference_checkpoint(torch_path, config, output_dir) -> Orbax step path
 
-Key and layout map (facts 5.2): `meshregnet.base_net.*` -> `backbone` (`layerK.i` -> `layerK_i`,
-`downsample.0/1` -> `downsample_conv/bn`), `transformer_pose.encoder` -> `pose_block/encoder`,
+Key and layout map (reference.md §5.2): `meshregnet.base_net.*` -> `backbone`
+(`layerK.i` -> `layerK_i`, `downsample.0/1` -> `downsample_conv/bn`),
+`transformer_pose.encoder` -> `pose_block/encoder`,
 `transformer_action.encoder` -> `action_block/encoder`, heads renamed (see `_reference_layout`).
 Linear (out, in) -> kernel (in, out); conv (out, in, kh, kw) -> (kh, kw, in, out); the fused
 `in_proj_weight` (3d, d) -> `in_proj_kernel` (d, 3d), whose columns are q | k | v as the encoder
 splits them; BN weight/bias -> params scale/bias, running_mean/var -> batch_stats mean/var;
-`num_batches_tracked` carries nothing (running statistics never change: facts 1.1).
+`num_batches_tracked` carries nothing (running statistics never change: reference.md §1.1).
 `transformer_pe.pe` is a buffer, not a weight: it is checked against our own table instead.
 
 Security: a `.pth` file is a pickle, and unpickling can run any code. Files are read only with
 `torch.load(weights_only=True)`, whose unpickler refuses every global outside an allowlist. The
-reference's files (facts 5.1) also pickle the StepLR scheduler OBJECT, which pickles its Adam
-optimizer (`Optimizer.__getstate__`: defaults, state as a `collections.defaultdict(dict)`,
+reference's files (reference.md §5.1) also pickle the StepLR scheduler OBJECT, which pickles its
+Adam optimizer (`Optimizer.__getstate__`: defaults, state as a `collections.defaultdict(dict)`,
 param_groups). Allowing the real classes would run torch's `__setstate__` code on
 attacker-controlled state, and breaks anyway: the weights-only unpickler cannot fill a real
 `defaultdict`. So exactly four names are allowlisted for the load, each bound to something inert:
@@ -45,12 +46,11 @@ from flax import traverse_util
 
 import htt_jax
 from htt_jax import checkpointing
-from htt_jax.models import ResNet18, build_model, sinusoidal_encoding
-from htt_jax.steps import init_variables
+from htt_jax.models import ResNet18, build_model, init_variables, sinusoidal_encoding
 
 REFERENCE_PREFIX = "meshregnet.base_net."
 PE_KEY = "transformer_pe.pe"
-PE_LENGTH = 5000  # PositionalEncoding(max_len=5000): facts 1.2.
+PE_LENGTH = 5000  # PositionalEncoding(max_len=5000): reference.md §1.2.
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net")
 # Opening lines of torch's load errors that only advise how to load the file unsafely.
 _TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "Check the documentation",
@@ -172,8 +172,8 @@ def _to_numpy(value, key):
 def extract_state_dict(obj, source: Optional[str] = None) -> dict[str, np.ndarray]:
   """Weights as numpy (floats as float32), from a bare state_dict or one nested in a checkpoint.
 
-  Like the reference's loader (facts 5.1): if the FIRST key contains "module", the first dotted
-  component is stripped from every key (DataParallel's `module.` prefix).
+  Like the reference's loader (reference.md §5.1): if the FIRST key contains "module", the first
+  dotted component is stripped from every key (DataParallel's `module.` prefix).
   """
   where = source or "checkpoint"
   if not isinstance(obj, Mapping):
@@ -210,7 +210,8 @@ def _norm(torch_name, path):
 
 
 def _backbone_layout(prefix: str, path: tuple) -> list[_Entry]:
-  """torchvision ResNet-18 keys in module order; each conv followed by its BN (facts 5.2)."""
+  """torchvision ResNet-18 keys in module order; each conv followed by its
+  BN (reference.md §5.2)."""
   entries = []
 
   def conv_bn(conv, bn, flax_conv: tuple, flax_bn: tuple):
@@ -262,7 +263,7 @@ _HEADS = (("image_to_hand_pose.mlp.0", "pose_mlp_0"), ("image_to_hand_pose.mlp.2
 
 
 def _reference_layout(num_layers_pose: int, num_layers_action: int) -> list[_Entry]:
-  """Every key of a reference state_dict, in the reference's order (facts 5.2)."""
+  """Every key of a reference state_dict, in the reference's order (reference.md §5.2)."""
   return (
       [_Entry("action_token", "params", ("action_block", "action_token"), "copy")]
       + _backbone_layout(REFERENCE_PREFIX, ("backbone",))
@@ -312,7 +313,7 @@ def _convert(state_dict, layout, shapes, source, pe_rows=0):
   for e in layout:
     found = state_dict.get(e.torch_key)
     if e.kind == "count":
-      continue  # Optional and meaningless: the statistics are constants (facts 1.1).
+      continue  # Optional and meaningless: the statistics are constants (reference.md §1.1).
     if e.kind == "pe":
       want = (1, PE_LENGTH, shapes[PE_KEY])
       if found is not None and (found.shape[:1] + found.shape[2:] != want[:1] + want[2:]
@@ -363,7 +364,8 @@ def reference_to_flax(state_dict: Mapping[str, Any], config, source: Optional[st
 
 
 def flax_to_reference(variables) -> dict[str, np.ndarray]:
-  """The reference's state_dict (numpy, facts 5.2 order) of our variables, buffers included."""
+  """The reference's state_dict (numpy, reference.md §5.2 order) of our variables,
+  buffers included."""
   encoder = lambda block: variables["params"][block]["encoder"]
   count = lambda block: sum(1 for k in encoder(block) if k.startswith("layers_"))
   layout = _reference_layout(count("pose_block"), count("action_block"))

@@ -11,14 +11,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
+from flax import linen as nn
 from flax.training import train_state
 from jax import lax
 
-from htt_jax import device_augment
+from htt_jax import augment
+from htt_jax.augment import device as augment_device
 from htt_jax import geometry
 from htt_jax import losses as losses_lib
-from htt_jax.models import build_model
+from htt_jax.models import build_model, init_variables
 
 # Keys of a batch (numpy or jax arrays): image (B,T,H,W,3) uint8 or normalised float32,
 # intrinsics (B,T,3,3), not_padding (B,T), joints25d (B,T,J,3), joints3d (B,T,J,3), object (B,T),
@@ -27,13 +28,13 @@ MODEL_INPUTS = ("image", "intrinsics", "not_padding")
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, Adam state and the BatchNorm statistics (constants as in the reference, facts 1.1,
-  unless config.model.batch_norm='batch')."""
+  """Parameters, Adam state and the BatchNorm statistics (constants as in the reference,
+  reference.md §1.1, unless config.model.batch_norm='batch')."""
   batch_stats: Any = None
 
 
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """config.lr_schedule: 'step' (the reference's StepLR, facts 2.6) or 'warmup_cosine'.
+  """config.lr_schedule: 'step' (the reference's StepLR, reference.md §2.6) or 'warmup_cosine'.
 
   'step': lr * factor ** floor(epoch / decay_epochs) stepped once per epoch; since
   epoch = floor(step / steps_per_epoch), a staircase decay every decay_epochs * steps_per_epoch
@@ -55,37 +56,36 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no clipping: facts 2.5-2.6);
-  `config.grad_clip_norm` > 0 clips the gradient's global norm first (an option, off by default)."""
+  """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no clipping:
+  reference.md §2.5-2.6); `config.grad_clip_norm` > 0 clips the gradient's global norm first (an
+  option, off by default)."""
   adam = optax.adam(learning_rate_schedule(config, steps_per_epoch), b1=config.adam_b1,
                    b2=config.adam_b2, eps=config.adam_eps)
   clip = config.get("grad_clip_norm", 0.0)
   return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
 
 
-def init_variables(model, rng, config):
-  """Model variables for the config's image size. Parameters never depend on T, so one window of
-  frames suffices; under jit XLA drops the forward pass and only the initialisers run."""
-  height, width = config.dataset.image_size
-  t = config.model.window
-  images = jnp.zeros((1, t, height, width, 3), jnp.uint8)
-  intrinsics = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32), (1, t, 3, 3))
-  return model.init(rng, images, intrinsics, jnp.ones((1, t), jnp.float32))
+def random_variables(config, rng):
+  """The config's model variables from its random initialisers (`models.init_variables` under jit,
+  so that only the initialisers run)."""
+  return jax.jit(functools.partial(init_variables, build_model(config), config=config))(rng)
 
 
 def create_train_state(config, rng, steps_per_epoch: int, variables=None) -> TrainState:
-  """A fresh TrainState; `variables` (e.g. imported weights) replaces the random initialisation.
+  """A fresh TrainState from `variables`, by default `random_variables(config, rng)`.
 
-  Without `variables`, a `config.init.resnet_checkpoint` (torchvision ResNet-18 state_dict file)
-  replaces the random backbone, as the reference starts from ImageNet weights.
+  The reference starts from ImageNet weights: with `config.init.resnet_checkpoint` set, the caller
+  loads them (train.py: `import_torch.init_backbone_from_resnet`) and passes `variables`; this
+  module never reads PyTorch files.
   """
   model = build_model(config)
   if variables is None:
-    variables = jax.jit(functools.partial(init_variables, model, config=config))(rng)
     if config.init.resnet_checkpoint:
-      # Lazy import: PyTorch is only needed when a .pth file is given.
-      from htt_jax import import_torch  # pylint: disable=g-import-not-at-top
-      variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
+      raise ValueError(
+          f"config.init.resnet_checkpoint is {config.init.resnet_checkpoint!r}: load it with "
+          "import_torch.init_backbone_from_resnet(random_variables(config, rng), path) and pass "
+          "the result as `variables`")
+    variables = random_variables(config, rng)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"],
                             batch_stats=variables["batch_stats"],
                             tx=make_optimizer(config, steps_per_epoch))
@@ -103,7 +103,7 @@ def calibrate_batch_norm(state: TrainState, batch, *, config) -> TrainState:
   ResNet-18's activations grow layer by layer; measuring them once on training data, then keeping
   them fixed as the reference does, restores a working normalisation.
   """
-  model = build_model(config).clone(calibrate_batch_norm=True)
+  model = _model(state, config).clone(calibrate_batch_norm=True)
   _, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats},
                            batch["image"], batch["intrinsics"], batch["not_padding"],
                            mutable=["batch_stats"])
@@ -137,24 +137,37 @@ def calibrate_pose_head(state: TrainState, batch, *, config) -> TrainState:
   return state.replace(params=dict(state.params, pose_mlp_2=head))
 
 
+def forward(apply_fn, variables, batch, return_attention=False):
+  """The model on a batch's MODEL_INPUTS: the one forward body of training, evaluation,
+  prediction and the benchmark (parallel.Forward compiles it for the last three)."""
+  return apply_fn(variables, *(batch[k] for k in MODEL_INPUTS), return_attention=return_attention)
+
+
+def _model(state, config):
+  """The state's own model (so the backend choice made when it was built holds while tracing),
+  else the config's."""
+  model = getattr(state.apply_fn, "__self__", None)
+  return model if isinstance(model, nn.Module) else build_model(config)
+
+
 def _forward(state, params, batch, return_attention=False):
-  return state.apply_fn({"params": params, "batch_stats": state.batch_stats}, batch["image"],
-                        batch["intrinsics"], batch["not_padding"], return_attention=return_attention)
+  return forward(state.apply_fn, {"params": params, "batch_stats": state.batch_stats}, batch,
+                 return_attention=return_attention)
 
 
 def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_name=None):
   """One Adam step on the batch; returns (new_state, metrics) with every loss term.
 
   A batch with aug_* params (dataset.augment.on_device) is augmented here first."""
-  if device_augment.has_params(batch):
-    hue_enabled = config.dataset.get("augment", {}).get("hue", 0.15) > 0
-    batch = dict(batch, image=device_augment.augment_batch(batch, hue_enabled=hue_enabled))
+  if augment_device.has_params(batch):
+    hue_enabled = augment.from_config(config).hue > 0
+    batch = dict(batch, image=augment_device.augment_batch(batch, hue_enabled=hue_enabled))
 
   batch_statistics = config.model.get("batch_norm", "frozen") == "batch"
   if batch_statistics:
     # BatchNorm over the global batch: under pmap its statistics are averaged over `axis_name`
     # (equal clips per device, so that is the global mean); under jit the batch is global already.
-    model = build_model(config).clone(batch_norm_axis_name=axis_name)
+    model = _model(state, config).clone(batch_norm_axis_name=axis_name)
 
   def loss_fn(params):
     if batch_statistics:

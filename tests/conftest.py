@@ -16,6 +16,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="htt_jax_test_xla_cache_")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# XLA:CPU's YNNPACK fusions off (bfloat16 gives NaNs with them; cpu_flags.py): importing htt_jax
+# sets no flag, so the session does, before JAX starts; the processes tests start inherit it.
+from htt_jax import cpu_flags  # noqa: E402  (imports no JAX)
+
+cpu_flags.set_safe_default()
 
 import numpy as np
 import pytest

@@ -101,7 +101,7 @@ def test_flax_conv_same_parameters_and_values():
 def test_resnet_at_64_px_high_same_features(batch_norm, monkeypatch):
   """At 64x96 layer4's maps are 2x3; the backbone gives the features of XLA's convolutions."""
   images = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
-  model = resnet.ResNet18(batch_norm=batch_norm)
+  model = resnet.ResNet18(batch_norm=batch_norm, cpu_kernels=True)
   variables = model.init(jax.random.key(1), images)
   apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]
   features = apply(variables, images)

@@ -24,9 +24,9 @@ def _ynn(flags):
   return [f for f in flags.split() if f.startswith(cpu_flags.YNN_FLAG)]
 
 
-def test_import_default_is_off_and_keeps_other_flags(clean_env):
+def test_safe_default_is_off_and_keeps_other_flags(clean_env):
   clean_env.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
-  cpu_flags.set_import_default()
+  cpu_flags.set_safe_default()
   assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=4",
                                              cpu_flags.OFF]
 
@@ -40,7 +40,11 @@ def _config(dtype="float32", batch_norm="frozen"):
 def test_fusions_follow_the_dtype_of_every_run(clean_env, monkeypatch):
   from jax._src import xla_bridge  # this test process has started JAX; pretend it has not
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
-  cpu_flags.set_import_default()
+  # Nothing set yet (importing htt_jax sets nothing): off must be written, JAX's default is on.
+  assert cpu_flags.configure([_config("bfloat16")]) == cpu_flags.OFF
+  assert _ynn(os.environ["XLA_FLAGS"]) == [cpu_flags.OFF]
+  clean_env.delenv("XLA_FLAGS")
+  cpu_flags.set_safe_default()
   # float32, either BatchNorm: the reduction fusions (with the elementwise ones it was slower).
   assert cpu_flags.configure([_config()]) == "--xla_cpu_experimental_ynn_fusion_type=reduce"
   assert _ynn(os.environ["XLA_FLAGS"]) == [cpu_flags.FLOAT32_FUSIONS]
@@ -57,7 +61,7 @@ def test_users_own_setting_is_never_changed(clean_env, monkeypatch):
   from jax._src import xla_bridge
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
   clean_env.setenv("XLA_FLAGS", f"{cpu_flags.YNN_FLAG}=dot")
-  cpu_flags.set_import_default()
+  cpu_flags.set_safe_default()
   assert cpu_flags.configure([_config()]) == f"{cpu_flags.YNN_FLAG}=dot"
   assert os.environ["XLA_FLAGS"] == f"{cpu_flags.YNN_FLAG}=dot"
   clean_env.setenv("XLA_FLAGS", cpu_flags.OFF)  # explicitly off, also for float32
@@ -67,7 +71,7 @@ def test_users_own_setting_is_never_changed(clean_env, monkeypatch):
 def test_no_change_once_jax_has_started(clean_env):
   import jax
   jax.devices()  # the backend reads XLA_FLAGS here, once
-  cpu_flags.set_import_default()
+  cpu_flags.set_safe_default()
   assert cpu_flags.configure([_config()]) == cpu_flags.OFF
   assert _ynn(os.environ["XLA_FLAGS"]) == [cpu_flags.OFF]
 
@@ -77,13 +81,17 @@ import functools, sys
 import numpy as np
 from htt_jax import config_lib, cpu_flags
 config = config_lib.base_config()  # float32, stored-statistics BatchNorm: fusions on
-print("FLAG", cpu_flags.configure([config]) if sys.argv[1] == "on" else cpu_flags.OFF)
+if sys.argv[1] == "on":
+  print("FLAG", cpu_flags.configure([config]))
+else:
+  cpu_flags.set_safe_default()  # what the test session and bfloat16 runs get
+  print("FLAG", cpu_flags.OFF)
 import jax, jax.numpy as jnp
 from flax import linen as nn
 from htt_jax.models import initializers, resnet
 out = {}
 x = jax.random.normal(jax.random.key(0), (4, 72, 128, 3))
-model = resnet.ResNet18()
+model = resnet.ResNet18(cpu_kernels=True)  # as build_model makes it on the CPU
 out["features"] = jax.jit(model.apply)(model.init(jax.random.key(1), x[:1]), x)
 # Per layer (through the whole net a 1e-6 change moves units across ReLU kinks, test_model.py):
 # folded convolution + BatchNorm + ReLU; gradients for its parameters (bias: a sum over N, H, W)
@@ -97,7 +105,8 @@ for name, features, kernel, strides, shape in (("stem", 64, 7, 2, (8, 72, 128, 3
     def __call__(self, inputs):
       pad = ((kernel // 2,) * 2,) * 2
       return nn.relu(resnet.conv_bn(inputs, features, kernel, strides, pad, "conv", "bn",
-                                    conv=conv, norm=norm, folded=True, dtype=jnp.float32))
+                                    conv=conv, norm=norm, folded=True, dtype=jnp.float32,
+                                    cpu_kernels=True))
   inputs = jax.random.normal(jax.random.key(2), shape)
   variables = ConvBN().init(jax.random.key(3), inputs)
   variables = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(4), v.shape),
@@ -115,8 +124,9 @@ np.savez(sys.argv[2], **{k: np.asarray(v) for k, v in out.items()})
 
 
 def test_float32_fusions_give_the_same_values_and_gradients(tmp_path):
-  """With YNNPACK's float32 fusions (the scripts' setting) the backbone's features and a layer's
-  gradients equal those without (the library's default) to float32 rounding."""
+  """With YNNPACK's float32 fusions (the scripts' float32 setting) the backbone's features and a
+  layer's gradients equal those without (the test session's and bfloat16's setting) to float32
+  rounding."""
   env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", OURS)}
   env["JAX_PLATFORMS"] = "cpu"
   results = {}
@@ -134,3 +144,19 @@ def test_float32_fusions_give_the_same_values_and_gradients(tmp_path):
     scale = np.abs(off[key]).max()
     assert scale > 0, key
     np.testing.assert_allclose(on[key], off[key], atol=1e-5 * scale, err_msg=key)
+
+
+def test_bfloat16_on_the_cpu_warns_unless_the_fusions_are_off(clean_env, monkeypatch):
+  assert not cpu_flags.warn_if_unsafe_for_bfloat16()  # JAX's default: fusions on
+  clean_env.setenv("XLA_FLAGS", cpu_flags.FLOAT32_FUSIONS)
+  assert not cpu_flags.warn_if_unsafe_for_bfloat16()
+  clean_env.setenv("XLA_FLAGS", cpu_flags.OFF)
+  assert cpu_flags.warn_if_unsafe_for_bfloat16()
+  # build_model asks for bfloat16 on the CPU only.
+  from htt_jax.models import htt  # pylint: disable=g-import-not-at-top
+  asked = []
+  monkeypatch.setattr(htt.cpu_flags, "warn_if_unsafe_for_bfloat16", lambda: asked.append(1))
+  htt.build_model(_config())
+  assert not asked
+  htt.build_model(_config("bfloat16"))
+  assert asked == [1]

@@ -1,6 +1,6 @@
 """PyTorch checkpoint import (htt_jax/import_torch.py, scripts/convert_torch_checkpoint.py).
 
-Expected key lists are written out here from reference/htt_facts.md 5.2 and torchvision's naming,
+Expected key lists are written out here from docs/reference.md §5.2 and torchvision's naming,
 not taken from the code under test. Variables are random arrays of the model's shapes
 (`jax.eval_shape` of the real initialisation), which is all a layout mapping needs.
 """
@@ -20,8 +20,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import ROOT, load_config  # noqa: E402
 from htt_jax import checkpointing, import_torch, steps  # noqa: E402
-from htt_jax.models import build_model, sinusoidal_encoding  # noqa: E402
-from htt_jax.steps import init_variables  # noqa: E402
+from htt_jax.models import build_model, init_variables, sinusoidal_encoding  # noqa: E402
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 BASE = "meshregnet.base_net."
@@ -35,7 +34,7 @@ def random_variables(config, seed=0):
 
 
 def resnet_entries():
-  """torchvision ResNet-18 keys and shapes, in module order (facts 1.1, 5.2)."""
+  """torchvision ResNet-18 keys and shapes, in module order (reference.md §1.1, §5.2)."""
   entries = []
 
   def conv_bn(conv, bn, shape):
@@ -58,7 +57,7 @@ def resnet_entries():
 
 
 def reference_entries(joints, objects, actions):
-  """Facts 5.2: the 194 (key, shape) pairs of a reference state_dict, in order."""
+  """reference.md §5.2: the 194 (key, shape) pairs of a reference state_dict, in order."""
   entries = [("action_token", (1, 1, 512))]
   entries += [(BASE + k, s) for k, s in resnet_entries()]
   entries.append(("transformer_pe.pe", (1, 5000, 512)))
@@ -104,7 +103,8 @@ def smoke():
 
 
 def save_reference_file(path, state_dict, prefix="", nested=True, epoch=7):
-  """A file laid out like the authors' checkpoints (facts 5.1), optimizer and scheduler included."""
+  """A file laid out like the authors' checkpoints (reference.md §5.1), optimizer and
+  scheduler included."""
   tensors = collections.OrderedDict((prefix + k, torch.from_numpy(np.asarray(v)))
                                     for k, v in state_dict.items())
   params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(3))]
@@ -131,7 +131,7 @@ def test_reference_keys_order_shapes_and_round_trip(name, heads):
   assert [(k, tuple(v.shape)) for k, v in reference.items()] == expected
   for key, value in reference.items():
     assert value.dtype == (np.int64 if key.endswith("num_batches_tracked") else np.float32), key
-  # Facts 1.9: total parameter count of the reference model with these heads.
+  # reference.md §1.9: total parameter count of the reference model with these heads.
   count = sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
   assert count == {"fpha": 25_981_102, "h2o": 26_011_858}[name]
   assert_trees_equal(import_torch.reference_to_flax(reference, config), variables)
@@ -150,7 +150,8 @@ def test_smoke_round_trip_and_layouts(smoke):
   np.testing.assert_array_equal(reference[BASE + "layer3.1.bn2.running_var"],
                                 stats["backbone"]["layer3_1"]["bn2"]["var"])
   np.testing.assert_array_equal(reference[BASE + "bn1.weight"], params["backbone"]["bn1"]["scale"])
-  # Rows [0:d] of in_proj_weight are W_q (facts 1.3): the first d columns of our fused kernel.
+  # Rows [0:d] of in_proj_weight are W_q (reference.md §1.3): the first d columns of our
+  # fused kernel.
   attn = params["action_block"]["encoder"]["layers_1"]["self_attn"]
   d = attn["in_proj_kernel"].shape[0]
   in_proj_weight = reference["transformer_action.encoder.layers.1.self_attn.in_proj_weight"]
@@ -184,7 +185,7 @@ def test_reference_file_with_optimizer_and_scheduler(smoke, tmp_path, nested, pr
 def test_module_prefix_rule_follows_the_reference():
   arrays = {"module.a.weight": np.ones(2, np.float32), "module.b": np.zeros(1, np.float32)}
   assert list(import_torch.extract_state_dict(arrays)) == ["a.weight", "b"]
-  # Only the FIRST key decides (facts 5.1).
+  # Only the FIRST key decides (reference.md §5.1).
   arrays = {"a.weight": np.ones(2, np.float32), "module.b": np.zeros(1, np.float32)}
   assert list(import_torch.extract_state_dict(arrays)) == ["a.weight", "module.b"]
   with pytest.raises(import_torch.TorchCheckpointError, match="no state_dict"):
@@ -291,10 +292,15 @@ def test_resnet_initialises_only_the_backbone(smoke, tmp_path):
   prefixed = collections.OrderedDict((BASE + k, v) for k, v in state_dict.items())
   assert_trees_equal(import_torch.resnet_to_flax(prefixed),
                      {c: new[c]["backbone"] for c in ("params", "batch_stats")})
-  # Training starts from it when the config names the file.
+  # Training starts from it when the config names the file (the caller loads it, as train.py does).
   config = load_config("smoke")
   config.init.resnet_checkpoint = path
-  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)
+  with pytest.raises(ValueError, match="init_backbone_from_resnet"):
+    steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1)  # never silently random
+  variables = import_torch.init_backbone_from_resnet(
+      steps.random_variables(config, jax.random.key(0)), config.init.resnet_checkpoint)
+  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=1,
+                                   variables=variables)
   np.testing.assert_array_equal(state.params["backbone"]["layer2_1"]["conv2"]["kernel"],
                                 new["params"]["backbone"]["layer2_1"]["conv2"]["kernel"])
   np.testing.assert_array_equal(state.batch_stats["backbone"]["bn1"]["var"],

@@ -10,6 +10,7 @@ import pytest
 from conftest import random_batch
 from htt_jax import losses as losses_lib
 from htt_jax import steps
+from htt_jax.models import build_model
 
 
 def _tiny_case():
@@ -282,3 +283,32 @@ def test_gradient_clipping_option(smoke_config):
       clipped, updates(0.0, [jax.tree.map(lambda x: x / 50.0, big), small]), rtol=1e-6)
   # And not plain Adam on the raw gradients (its second update follows their ratio 100:1).
   assert not np.allclose(clipped, updates(0.0, [big, small]), rtol=1e-3)
+
+
+def test_train_state_from_random_or_given_variables(smoke_config):
+  """create_train_state's default is `random_variables` (same rng use as before it took
+  `variables`); a config naming ImageNet weights needs them passed (train.py loads them)."""
+  rng = jax.random.key(5)
+  default = steps.create_train_state(smoke_config, rng, steps_per_epoch=10)
+  given = steps.create_train_state(smoke_config, rng, steps_per_epoch=10,
+                                   variables=steps.random_variables(smoke_config, rng))
+  jax.tree.map(np.testing.assert_array_equal, (default.params, default.batch_stats),
+               (given.params, given.batch_stats))
+  config = smoke_config.copy_and_resolve_references()
+  config.init.resnet_checkpoint = "/weights/resnet18.pth"
+  with pytest.raises(ValueError, match="init_backbone_from_resnet"):
+    steps.create_train_state(config, rng, steps_per_epoch=10)
+
+
+def test_steps_keep_the_backend_choice_of_the_state_model(smoke_config):
+  """train_step and calibrate_batch_norm rebuild the model from the state's (whose cpu_kernels
+  build_model chose once), not from the backend seen while tracing."""
+  config = smoke_config.copy_and_resolve_references()
+  config.model.batch_norm = "batch"  # the train step clones the model for the pmap axis
+  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  batch = random_batch(config)
+  for cpu_kernels in (True, False):
+    state = state.replace(apply_fn=build_model(config, cpu_kernels=cpu_kernels).apply)
+    for step in (steps.train_step, steps.calibrate_batch_norm):
+      text = jax.jit(functools.partial(step, config=config)).lower(state, batch).as_text()
+      assert ("optimization_barrier" in text) == cpu_kernels, (step.__name__, cpu_kernels)

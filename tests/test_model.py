@@ -7,8 +7,7 @@ import pytest
 
 from conftest import load_config, random_batch
 from htt_jax import geometry
-from htt_jax.models import build_model, sinusoidal_encoding
-from htt_jax.steps import init_variables
+from htt_jax.models import build_model, init_variables, sinusoidal_encoding
 
 FPHA_K = np.array([[348.93726, 0, 233.93314], [0, 348.93732, 135.17026], [0, 0, 1]], np.float32)
 
@@ -58,7 +57,8 @@ def test_fully_padded_window_is_finite_and_masks_keys(smoke):
   attention = np.asarray(out["pose_attention"])  # (layers, windows, t, t)
   # Window 0 of clip 0 has one valid frame: every query attends only to it.
   np.testing.assert_allclose(attention[:, 0, :, 0], 1.0, rtol=1e-6)
-  # Window 1 of clip 0 is all padding: its first token is forced to be a valid key (facts 1.4).
+  # Window 1 of clip 0 is all padding: its first token is forced to be a valid
+  # key (reference.md §1.4).
   np.testing.assert_allclose(attention[:, 1, :, 0], 1.0, rtol=1e-6)
   # Action block: the action token (key 0) and valid frames only.
   action_attention = np.asarray(out["action_attention"])  # (layers, B, T+1, T+1)
@@ -69,7 +69,7 @@ def test_fully_padded_window_is_finite_and_masks_keys(smoke):
 
 
 def test_to_25d_matches_hand_computed_examples():
-  # Facts 1.6: the reference's outputs for FPHA intrinsics on a 480x270 input.
+  # reference.md §1.6: the reference's outputs for FPHA intrinsics on a 480x270 input.
   raw = jnp.array([[0.0, 0.0, 0.0], [1.0, -0.5, 10.0]])
   joints2d, depth, joints3d = geometry.to_25d(raw, jnp.asarray(FPHA_K), (270, 480))
   np.testing.assert_allclose(joints2d, [[240, 135], [340, 85]], rtol=1e-6)
@@ -116,7 +116,7 @@ def test_parameter_count_matches_reference(name, expected):
   config = load_config(name)
   model = build_model(config)
   shapes = jax.eval_shape(lambda r: init_variables(model, r, config), jax.random.key(0))
-  assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected  # facts 1.9
+  assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected  # reference.md §1.9
 
 
 def test_initialisation_follows_reference():
@@ -199,7 +199,7 @@ def test_folded_conv_batch_norm_matches_plain_values_and_gradients(features, ker
     @nn.compact
     def __call__(self, x):
       return resnet.conv_bn(x, features, kernel, strides, pad, "conv", "bn", conv=conv, norm=norm,
-                            folded=self.folded, dtype=jnp.float32)
+                            folded=self.folded, dtype=jnp.float32, cpu_kernels=True)
 
   x = jax.random.normal(jax.random.key(0), (2, 20, 28, in_features))
   v_plain = ConvBN(False).init(jax.random.key(1), x)
@@ -226,7 +226,8 @@ def test_folded_resnet_has_the_plain_parameters_and_features():
   input already moves a few units across a kink, in the plain model as much as in the folded one.)"""
   from htt_jax.models.resnet import ResNet18  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
-  folded, plain = ResNet18(), ResNet18(fold_batch_norm=False)
+  # With the CPU paths, as build_model makes it here: layer4's 2x3 maps go through the patches.
+  folded, plain = ResNet18(cpu_kernels=True), ResNet18(fold_batch_norm=False, cpu_kernels=True)
   v_plain = plain.init(jax.random.key(1), x)
   v_folded = folded.init(jax.random.key(1), x)
   assert jax.tree.structure(v_plain) == jax.tree.structure(v_folded)

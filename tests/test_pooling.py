@@ -1,4 +1,5 @@
-"""The stem max-pool's custom gradient against XLA's and against a direct loop (ties included)."""
+"""The stem max-pool: its custom (CPU) gradient against XLA's and against a direct loop (ties
+included); the plain one is nn.max_pool."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from htt_jax.models.pooling import max_pool_3x3_s2
+from htt_jax.models.pooling import max_pool_3x3_s2, max_pool_3x3_s2_xla
 
 
 def _plain(x):
@@ -21,6 +22,10 @@ def test_values_and_gradients_match_xla(shape):
   ours = jax.jit(jax.grad(lambda v: jnp.sum(weights * max_pool_3x3_s2(v))))(x)
   theirs = jax.grad(lambda v: jnp.sum(weights * _plain(v)))(x)
   np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+  # The plain pool (every backend but the CPU) is nn.max_pool, gradient included, also under jit.
+  np.testing.assert_array_equal(max_pool_3x3_s2_xla(x), _plain(x))
+  plain = jax.jit(jax.grad(lambda v: jnp.sum(weights * max_pool_3x3_s2_xla(v))))(x)
+  np.testing.assert_array_equal(plain, jax.jit(jax.grad(lambda v: jnp.sum(weights * _plain(v))))(x))
 
 
 def test_ties_send_the_gradient_to_the_first_maximum_in_row_major_order():

@@ -1,21 +1,22 @@
 """2-D convolution with `lax.conv_general_dilated`'s signature, fast on XLA:CPU for small maps.
 
-XLA:CPU (jaxlib 0.12, 2 cores) is very slow on convolutions over tiny feature maps, and slowest
-when a map is smaller than the kernel: a 3x3 convolution (padding 1) of 64 maps of 2x3x512 takes
-1.3 s forward and as long again for the input gradient, where 3x3 maps take 40 ms. Images 64 px
-high or less give layer4 maps of 2 rows, so the demo's train step at 64x96 took 8 s where 72x96
-took 0.9 s. The input gradient of a stride-2 convolution hits the same case (it convolves the 2x3
-output gradient). As a product of patches and kernel (im2col) the same convolution is a few slices,
-one concatenation and one matrix product, whose gradients XLA:CPU computes fast: 2x3 maps 5 s ->
-80 ms forward+backward (benchmarks/conv_layers.py). Where no map is smaller than the kernel, XLA's
-convolution is as fast or faster inside the model (ResNet-18 at 72x96 with patches also for the
-3x3 and 5x6 maps of layer3 and layer4: 1046 vs 975 ms). So `conv_general_dilated` computes
-patches x kernel on CPU when the input or the output of a convolution is smaller than its kernel
-in height or width, and calls `lax.conv_general_dilated` otherwise. Same values up to float
-rounding (summation order).
+XLA:CPU is very slow on convolutions over tiny feature maps, and slowest when a map is smaller
+than the kernel: a 3x3 convolution (padding 1) of 2x3 maps costs tens of times one of 3x3 maps,
+forward and input gradient alike. Images 64 px high or less give layer4 maps of 2 rows, which made
+the whole train step several times slower; the input gradient of a stride-2 convolution hits the
+same case (it convolves the 2x3 output gradient). As a product of patches and kernel (im2col) the
+same convolution is a few slices, one concatenation and one matrix product, whose gradients
+XLA:CPU computes fast. Where no map is smaller than the kernel, XLA's own convolution is as fast or
+faster inside the model. So `conv_general_dilated` computes patches x kernel when the input or the
+output of a convolution is smaller than its kernel in height or width, and calls
+`lax.conv_general_dilated` otherwise. Same values up to float rounding (summation order). The
+measurements are in docs/benchmarks.md (the CPU sections); per convolution, run
+`scripts/benchmark.py --mode=conv_layers`.
+
+This is a CPU path: the backbone calls it only when built with `cpu_kernels`
+(models/htt.py:build_model), and `lax.conv_general_dilated` directly on every other backend.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -29,8 +30,8 @@ def _explicit_padding(padding, kernel_shape, in_shape, strides):
 
 
 def use_patches(in_hw, kernel_hw, strides, padding) -> bool:
-  """Whether `conv_general_dilated` takes the patches path on CPU for these (static) shapes."""
-  if jax.default_backend() != "cpu" or kernel_hw[0] * kernel_hw[1] == 1:
+  """Whether `conv_general_dilated` takes the patches path for these (static) shapes."""
+  if kernel_hw[0] * kernel_hw[1] == 1:
     return False
   pads = _explicit_padding(padding, kernel_hw, in_hw, strides)
   out = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel_hw, strides, pads)]

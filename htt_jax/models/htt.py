@@ -1,8 +1,8 @@
 """HTT: ResNet-18 per frame -> pose block P over windows of t -> pose/object heads -> action block A.
 
-Facts 0 and 1.4-1.8. Shapes: B clips of T frames; J joints; n_o objects; n_a actions; d = 512.
-Every frame of a clip goes through the backbone at once (B*T images), and P runs on all B*T/t
-windows at once: there is no Python loop over frames or windows.
+reference.md §0 and §1.4-1.8. Shapes: B clips of T frames; J joints; n_o objects; n_a actions;
+d = 512. Every frame of a clip goes through the backbone at once (B*T images), and P runs on all
+B*T/t windows at once: there is no Python loop over frames or windows.
 """
 
 from typing import Any, Optional
@@ -11,14 +11,15 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from htt_jax import geometry
+from htt_jax import cpu_flags, geometry
 from htt_jax.models import initializers
 from htt_jax.models.resnet import ResNet18
 from htt_jax.models.transformer import TransformerEncoder, sinusoidal_encoding
 
 
 def normalize_images(images):
-  """uint8 pixels -> x/255 - 0.5 (the reference's normalisation, std 1: facts 1.1); floats pass."""
+  """uint8 pixels -> x/255 - 0.5 (the reference's normalisation, std 1: reference.md §1.1);
+  floats pass."""
   if images.dtype == jnp.uint8:
     return images.astype(jnp.float32) / 255.0 - 0.5
   return images
@@ -39,7 +40,8 @@ class PoseBlock(nn.Module):
     windows = features.reshape(batch * frames // self.window, self.window, dim)
     valid = not_padding.reshape(-1, self.window) > 0
     # The first token of every window is always a valid key, so that a window made only of padding
-    # cannot give a softmax over nothing (NaN); its outputs carry no loss weight anyway (facts 1.4).
+    # cannot give a softmax over nothing (NaN); its outputs carry no loss weight
+    # anyway (reference.md §1.4).
     valid = valid.at[:, 0].set(True)
     pos = sinusoidal_encoding(self.window, dim)
     tokens, attention = TransformerEncoder(self.num_layers, self.num_heads, self.mlp_dim,
@@ -98,6 +100,7 @@ class HTT(nn.Module):
   batch_norm_momentum: float = 0.9
   fold_batch_norm: bool = True  # See ResNet18.
   batch_norm_axis_name: Optional[str] = None  # The pmap axis, for batch statistics across devices.
+  cpu_kernels: bool = False  # XLA:CPU's workarounds in the backbone (ResNet18; build_model sets it).
 
   @nn.compact
   def __call__(self, images, intrinsics, not_padding, return_attention: bool = False,
@@ -116,7 +119,8 @@ class HTT(nn.Module):
                         calibrate_batch_norm=self.calibrate_batch_norm,
                         batch_norm=self.batch_norm, batch_norm_momentum=self.batch_norm_momentum,
                         fold_batch_norm=self.fold_batch_norm,
-                        batch_norm_axis_name=self.batch_norm_axis_name, name="backbone")(x, train)
+                        batch_norm_axis_name=self.batch_norm_axis_name,
+                        cpu_kernels=self.cpu_kernels, name="backbone")(x, train)
     features = features.reshape(batch, frames, -1)
 
     pose_tokens, pose_attention = PoseBlock(
@@ -131,12 +135,13 @@ class HTT(nn.Module):
     joints2d, depth, joints3d = geometry.to_25d(raw_pose, intrinsics.astype(jnp.float32),
                                                 (height, width))
 
-    # Object: two linears with no activation between them (facts 6.2).
+    # Object: two linears with no activation between them (reference.md §6.2).
     object_logits = dense(self.num_objects, "object_classifier",
                           dense(d, "object_embed", pose_tokens)).astype(jnp.float32)
     object_probs = jax.nn.softmax(object_logits, axis=-1)
 
-    # Fusion, in the code's order [g, FC2(raw 2D), FC3(object probs)] (facts 6.1), all affine.
+    # Fusion, in the code's order [g, FC2(raw 2D), FC3(object probs)] (reference.md §6.1),
+    # all affine.
     pose_feature = dense(d, "pose_to_action",
                          raw_pose[..., :2].reshape(batch, frames, 2 * self.num_joints))
     object_feature = dense(d, "object_to_action", object_probs)
@@ -170,13 +175,33 @@ class HTT(nn.Module):
     return outputs
 
 
-def build_model(config) -> HTT:
-  """The HTT of a config (`config.model.*`, `config.dtype`)."""
+def build_model(config, cpu_kernels: Optional[bool] = None) -> HTT:
+  """The HTT of a config (`config.model.*`, `config.dtype`).
+
+  `cpu_kernels` (XLA:CPU's workarounds, models/resnet.py) defaults to whether JAX's default backend
+  is the CPU, decided here once rather than while tracing; pass it to build for another backend.
+  bfloat16 on the CPU needs XLA:CPU's YNNPACK fusions off (cpu_flags.py): a warning says so when
+  XLA_FLAGS leaves them on.
+  """
   m = config.model
+  on_cpu = jax.default_backend() == "cpu"
+  if config.dtype == "bfloat16" and on_cpu:
+    cpu_flags.warn_if_unsafe_for_bfloat16()
   return HTT(
       num_joints=m.num_joints, num_objects=m.num_objects, num_actions=m.num_actions,
       window=m.window, hidden_dim=m.hidden_dim, num_heads=m.num_heads, mlp_dim=m.mlp_dim,
       num_layers_pose=m.num_layers_pose, num_layers_action=m.num_layers_action,
       dtype=jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32, remat=m.remat,
       batch_norm=m.get("batch_norm", "frozen"), batch_norm_momentum=m.get("batch_norm_momentum", 0.9),
-      fold_batch_norm=m.get("fold_batch_norm", True))
+      fold_batch_norm=m.get("fold_batch_norm", True),
+      cpu_kernels=on_cpu if cpu_kernels is None else cpu_kernels)
+
+
+def init_variables(model, rng, config):
+  """Model variables for the config's image size. Parameters never depend on T, so one window of
+  frames suffices; under jit XLA drops the forward pass and only the initialisers run."""
+  height, width = config.dataset.image_size
+  t = config.model.window
+  images = jnp.zeros((1, t, height, width, 3), jnp.uint8)
+  intrinsics = jnp.broadcast_to(jnp.eye(3, dtype=jnp.float32), (1, t, 3, 3))
+  return model.init(rng, images, intrinsics, jnp.ones((1, t), jnp.float32))

@@ -1,8 +1,8 @@
 """PyTorch's default initialisers, so that a freshly initialised model matches the reference.
 
-Facts 1.3, 1.5, 6.20: plain `nn.Linear` layers keep PyTorch's default U(+-1/sqrt(fan_in)) for both
-weight and bias; convolutions use kaiming_normal(fan_out, relu); the encoders re-initialise every
-matrix with xavier_uniform and zero the attention biases.
+reference.md §1.3, §1.5, §6.20: plain `nn.Linear` layers keep PyTorch's default U(+-1/sqrt(fan_in))
+for both weight and bias; convolutions use kaiming_normal(fan_out, relu); the encoders re-initialise
+every matrix with xavier_uniform and zero the attention biases.
 """
 
 import jax

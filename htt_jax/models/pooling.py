@@ -1,25 +1,30 @@
-"""ResNet's stem max-pool (3x3, stride 2, padding 1) with a cheaper gradient on CPU.
+"""ResNet's stem max-pool (3x3, stride 2, padding 1), with a cheaper gradient for XLA:CPU.
 
-XLA lowers the gradient of `reduce_window(max)` to select-and-scatter, which on CPU is about 20x
-slower than the pooling itself (measured on 2 cores, 64 frames of 48x80x64, with a ReLU before it:
-350 ms against 18 ms), a sixth of a whole HTT training step at 96x160; this gradient takes about
-150 ms there. It is the same function written with elementwise operations at the output's
-resolution: for each of the 9 window taps, the output positions whose maximum came from that tap
-(the first tap in row-major order on ties, as PyTorch's kernel picks) keep their gradient; the
-taps are then interleaved back onto the input grid (stride 2, window 3: even input rows receive
-taps 0 and 2, odd rows tap 1; likewise columns). Values are unchanged (the forward pass is the
-plain `reduce_window`); gradients equal select-and-scatter's wherever a window has a unique maximum.
+`max_pool_3x3_s2_xla` is the plain `reduce_window`, whose gradient XLA lowers to select-and-scatter.
+On CPU that gradient is far slower than the pooling itself, a noticeable part of a whole HTT
+training step (docs/benchmarks.md, "CPU: per convolution, backbone, XLA flags"). So
+`max_pool_3x3_s2` gives the same function a cheaper custom gradient written with
+elementwise operations at the output's resolution: for each of the 9 window taps, the output
+positions whose maximum came from that tap (the first tap in row-major order on ties, as PyTorch's
+kernel picks) keep their gradient; the taps are then interleaved back onto the input grid (stride 2,
+window 3: even input rows receive taps 0 and 2, odd rows tap 1; likewise columns). Values are
+unchanged (the forward pass is the plain `reduce_window`); gradients equal select-and-scatter's
+wherever a window has a unique maximum. The custom gradient is a CPU path: the backbone uses it only
+when built with `cpu_kernels` (models/htt.py:build_model), and XLA's own gradient elsewhere.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _WINDOW, _STRIDE, _PAD = 3, 2, 1
 
 
-def _pool(x):
-  init = jnp.array(-jnp.inf, x.dtype)
+def max_pool_3x3_s2_xla(x):
+  """The plain max-pool (values of `nn.max_pool` with -inf padding), XLA's gradient."""
+  # A concrete identity (numpy, not a traced jnp array) makes it JAX's differentiable max-pool.
+  init = np.array(-np.inf, x.dtype)
   return lax.reduce_window(x, init, lax.max, (1, _WINDOW, _WINDOW, 1), (1, _STRIDE, _STRIDE, 1),
                            ((0, 0), (_PAD, _PAD), (_PAD, _PAD), (0, 0)))
 
@@ -27,11 +32,11 @@ def _pool(x):
 @jax.custom_vjp
 def max_pool_3x3_s2(x):
   """(N, H, W, C) -> (N, ceil(H/2), ceil(W/2), C): max over 3x3 windows, stride 2, -inf padding."""
-  return _pool(x)
+  return max_pool_3x3_s2_xla(x)
 
 
 def _forward(x):
-  out = _pool(x)
+  out = max_pool_3x3_s2_xla(x)
   return out, (x, out)
 
 

@@ -1,4 +1,4 @@
-"""The reference's pre-norm transformer encoder (facts 1.2, 1.3).
+"""The reference's pre-norm transformer encoder (reference.md §1.2, §1.3).
 
 DETR-style: the fixed sine/cosine encoding is added to the queries and keys of every layer, never to
 the values or the residual stream. Key-padding masks use PyTorch's convention (True = ignored key).
@@ -32,7 +32,7 @@ class MultiHeadSelfAttention(nn.Module):
   """`torch.nn.MultiheadAttention` with q = k = x + pos and v = x.
 
   The q/k/v projection is ONE (d, 3d) matrix, as in PyTorch, so that xavier initialisation sees the
-  fused 512x1536 shape (facts 1.3) and checkpoints map one-to-one.
+  fused 512x1536 shape (reference.md §1.3) and checkpoints map one-to-one.
   """
   num_heads: int
   dtype: Any = jnp.float32
