@@ -10,6 +10,8 @@ device; 2 warm-up steps, then 5 timed steps.
   python scripts/benchmark.py --config=configs/benchmark.py --mode=train \
       --output=runs/bench/sweep.json \
       --config.sweep='batch_size=1,2,4;dtype=float32,bfloat16;parallelism=jit,pmap'
+  python scripts/benchmark.py --config=configs/benchmark.py --mode=backbone \
+      --output=runs/bench/backbone.json --config.baseline=torch --config.cpu_threads=2
   python scripts/benchmark.py --config=configs/benchmark.py --mode=end_to_end \
       --output=runs/bench/e2e.json --config.dataset.data_dir=/data/fpha_tfr_96x160_T32
       # data made by: scripts/prepare_data.py ... --image_size=96,160 --num_frames=32
@@ -32,7 +34,8 @@ def get_config(arg=None):
   config.model.num_frames = 32
   config.model.window = 16
   config.dtype = "float32"
-  # tf.data shares the host's cores with XLA (DESIGN.md): bounded threads, a short prefetch.
+  # tf.data shares the host's cores with XLA (docs/architecture.md): bounded threads, a short
+  # prefetch.
   config.dataset.num_parallel_calls = 2
   config.dataset.prefetch = 2
 

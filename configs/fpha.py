@@ -15,6 +15,7 @@ def get_config(arg=None):
   config.dataset.name = "fpha"
   config.model.num_joints, config.model.num_objects, config.model.num_actions = (
       config_lib.DATASET_HEADS["fpha"])
+  config.eval_split = "test"  # Evaluated after training; FPHA has train and test splits only.
   if arg == "runlocal":
     config.batch_size = 1
     config.model.num_frames = 32

@@ -15,6 +15,7 @@ def get_config(arg=None):
   config.dataset.name = "h2o"
   config.model.num_joints, config.model.num_objects, config.model.num_actions = (
       config_lib.DATASET_HEADS["h2o"])
+  config.eval_split = "val"  # Evaluated after training; H2O's public test split has no labels.
   if arg == "runlocal":
     config.batch_size = 1
     config.model.num_frames = 32

@@ -1,18 +1,28 @@
 """The base configuration every `configs/*.py` starts from, and its validation.
 
-Values are the reference's training defaults (facts 2.5) and the paper's settings. Config files
-live outside the package (`configs/`), so the shared base lives here where they can import it.
+Values are the reference's training defaults (reference.md §2.5) and the paper's settings. Config
+files live outside the package (`configs/`), so the shared base lives here where they can import it.
 """
+
+import re
 
 import ml_collections
 
-# Heads per dataset: (joints, objects, actions). Facts 3.1, 3.2.
+# Heads per dataset: (joints, objects, actions). reference.md §3.1, §3.2.
 DATASET_HEADS = {
     "fpha": (21, 26, 45),
     "h2o": (42, 8, 36),
 }
 KNOWN_DATASETS = ("fpha", "h2o", "synthetic")
 BACKBONE_STRIDE = 32
+
+
+class ConfigError(ValueError):
+  """A mistake of the user's, not a bug: a config key or flag, or a file or folder they name.
+
+  Scripts report it as one `error: ...` line and a non-zero exit, without a traceback
+  (htt_jax/cli.py); the message must name the key or file to change.
+  """
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -40,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
   config.eval_batch_size = 8
+  # The split that train_and_evaluate evaluates after training, into workdir/eval/<split>/
+  # ('': none; scripts/evaluate.py evaluates any split of a finished run).
+  config.eval_split = ""
 
   config.loss = ml_collections.ConfigDict()
   config.loss.pose_loss = "l1"  # 'l1' | 'l2'.
@@ -79,9 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.prefetch = 2  # Batches prepared ahead.
   config.dataset.shuffle_buffer = 64  # Clips (still JPEG-encoded) in the shuffle buffer.
   config.dataset.cycle_length = 4  # Shards read at once.
-  # The reference's augmentation amounts (facts 3.7); 0 disables an op. on_device: the reader
-  # only decodes and draws; blur, colour and the shift run in the training step on the
-  # accelerator (htt_jax/device_augment.py, the same arithmetic; for fast GPUs/TPUs).
+  # The reference's augmentation amounts (reference.md §3.7); 0 disables an op.
+  # on_device: the reader only decodes and draws; blur, colour and the shift run in the training
+  # step on the accelerator (htt_jax/augment/device.py, the same arithmetic; for fast GPUs/TPUs).
   config.dataset.augment = ml_collections.ConfigDict(dict(
       brightness=0.5, contrast=0.5, saturation=0.5, hue=0.15, blur_radius=0.5,
       center_jittering=0.1, on_device=False))
@@ -103,7 +116,7 @@ def _choice(config, key, allowed):
   for part in key.split("."):
     value = value[part]
   if value not in allowed:
-    raise ValueError(f"config.{key}={value!r} is not one of {list(allowed)}")
+    raise ConfigError(f"config.{key}={value!r} is not one of {list(allowed)}")
 
 
 def _positive(config, key):
@@ -111,11 +124,11 @@ def _positive(config, key):
   for part in key.split("."):
     value = value[part]
   if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-    raise ValueError(f"config.{key}={value!r} must be a positive number")
+    raise ConfigError(f"config.{key}={value!r} must be a positive number")
 
 
 def validate_config(config, num_devices: int | None = None) -> None:
-  """Raises ValueError naming the offending key; call before building or compiling anything."""
+  """Raises ConfigError naming the offending key; call before building or compiling anything."""
   _choice(config, "dataset.name", KNOWN_DATASETS)
   _choice(config, "dtype", ("float32", "bfloat16"))
   _choice(config, "parallelism", ("jit", "pmap"))
@@ -126,13 +139,13 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _choice(config, "lr_schedule", ("step", "warmup_cosine"))
   if (not isinstance(config.lr_warmup_steps, int) or isinstance(config.lr_warmup_steps, bool)
       or config.lr_warmup_steps < 0):
-    raise ValueError(f"config.lr_warmup_steps={config.lr_warmup_steps!r} must be an integer "
+    raise ConfigError(f"config.lr_warmup_steps={config.lr_warmup_steps!r} must be an integer "
                      ">= 0")
   clip = config.get("grad_clip_norm", 0.0)
   if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
-    raise ValueError(f"config.grad_clip_norm={clip!r} must be a number >= 0 (0: no clipping)")
+    raise ConfigError(f"config.grad_clip_norm={clip!r} must be a number >= 0 (0: no clipping)")
   if not 0.0 <= config.model.batch_norm_momentum < 1.0:
-    raise ValueError(f"config.model.batch_norm_momentum={config.model.batch_norm_momentum} must "
+    raise ConfigError(f"config.model.batch_norm_momentum={config.model.batch_norm_momentum} must "
                      "be in [0, 1)")
   for key in ("batch_size", "learning_rate", "log_every_steps", "checkpoint_every_steps",
               "model.num_frames", "model.window", "model.hidden_dim", "model.num_heads",
@@ -140,23 +153,27 @@ def validate_config(config, num_devices: int | None = None) -> None:
               "model.num_joints", "model.num_objects", "model.num_actions", "dataset.spacing",
               "eval_batch_size"):
     _positive(config, key)
+  eval_split = config.get("eval_split", "")
+  if not isinstance(eval_split, str) or not re.fullmatch(r"[A-Za-z0-9_]*", eval_split):
+    raise ConfigError(f"config.eval_split={eval_split!r} must be a split name such as 'test' or "
+                      "'val', or '' for no evaluation after training")
   if config.num_train_steps != -1 and config.num_train_steps <= 0:
-    raise ValueError(f"config.num_train_steps={config.num_train_steps} must be positive, or -1 "
+    raise ConfigError(f"config.num_train_steps={config.num_train_steps} must be positive, or -1 "
                      "for num_epochs x steps per epoch")
 
   m = config.model
   if m.num_frames % m.window:
-    raise ValueError(f"config.model.num_frames (T={m.num_frames}) must be a multiple of "
+    raise ConfigError(f"config.model.num_frames (T={m.num_frames}) must be a multiple of "
                      f"config.model.window (t={m.window})")
   if m.hidden_dim % m.num_heads:
-    raise ValueError(f"config.model.hidden_dim={m.hidden_dim} must be divisible by "
+    raise ConfigError(f"config.model.hidden_dim={m.hidden_dim} must be divisible by "
                      f"config.model.num_heads={m.num_heads}")
   if m.hidden_dim % 2:
-    raise ValueError(f"config.model.hidden_dim={m.hidden_dim} must be even (sine/cosine pairs)")
+    raise ConfigError(f"config.model.hidden_dim={m.hidden_dim} must be even (sine/cosine pairs)")
 
   size = tuple(config.dataset.image_size)
   if len(size) != 2 or any(not isinstance(s, int) or s < BACKBONE_STRIDE for s in size):
-    raise ValueError(f"config.dataset.image_size={size} must be (H, W) with both at least "
+    raise ConfigError(f"config.dataset.image_size={size} must be (H, W) with both at least "
                      f"{BACKBONE_STRIDE} px, the ResNet-18 backbone's total stride")
 
   name = config.dataset.name
@@ -164,12 +181,12 @@ def validate_config(config, num_devices: int | None = None) -> None:
     expected = DATASET_HEADS[name]
     got = (m.num_joints, m.num_objects, m.num_actions)
     if got != expected:
-      raise ValueError(
+      raise ConfigError(
           f"config.model.(num_joints, num_objects, num_actions)={got} do not match "
           f"config.dataset.name={name!r}, which needs {expected}")
 
   if num_devices is not None:
     for key in ("batch_size", "eval_batch_size"):
       if config[key] % num_devices:
-        raise ValueError(f"config.{key}={config[key]} must be divisible by the number of devices "
+        raise ConfigError(f"config.{key}={config[key]} must be divisible by the number of devices "
                          f"({num_devices})")

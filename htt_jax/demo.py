@@ -1,11 +1,13 @@
-"""The demo on the embedded default: make the synthetic dataset, train HTT, evaluate on held-out
-synthetic subjects, print a metrics table (the job behind `make demo`)."""
+"""The demo on the embedded default (the job behind `make demo`): make the synthetic dataset,
+train HTT (which evaluates on the held-out synthetic subjects at the end), print the metrics
+table once."""
 
 import os
 
 from absl import logging
 
-from htt_jax import evaluate, input_pipeline, train
+from htt_jax import config_lib, train
+
 
 def prepare_data(config) -> None:
   """Generates the synthetic TFRecords unless every split's manifest is already there.
@@ -14,13 +16,13 @@ def prepare_data(config) -> None:
   fields (seed, videos and subjects per split, ...); the image size, T and t come from the rest of
   the config.
   """
-  from data_pipeline import synthetic, writer  # pylint: disable=g-import-not-at-top
+  from data_pipeline import schema, synthetic, writer  # pylint: disable=g-import-not-at-top
   data_dir = config.dataset.data_dir
   fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
   source = synthetic.SyntheticConfig(image_size=tuple(config.dataset.image_size), **fields)
   vocabulary = synthetic.load_vocabulary(source)
   for split in synthetic.SPLITS:
-    if os.path.exists(input_pipeline.manifest_path(data_dir, split)):
+    if os.path.exists(schema.manifest_path(data_dir, split)):
       continue
     writer.prepare_split(synthetic.iter_videos(source, split), data_dir, split,
                          num_frames=config.model.num_frames, window=config.model.window,
@@ -43,12 +45,17 @@ def format_table(report: dict, num_actions: int) -> str:
 
 
 def run_demo(config, workdir: str) -> dict:
+  """Data, then training that evaluates `config.eval_split` at its end, then the table, once."""
+  if not config.get("eval_split", ""):
+    raise config_lib.ConfigError("the demo reports the evaluation after training: set "
+                                 "config.eval_split (configs/synthetic.py: 'test')")
   prepare_data(config)
-  train.train_and_evaluate(config, workdir)
-  output_dir = os.path.join(workdir, "eval", "test")
-  report = evaluate.evaluate(config, os.path.join(workdir, "checkpoints"), output_dir, "test")
+  report = train.train_and_evaluate(config, workdir).get("eval")
+  if report is None:  # Stopped early (SIGTERM): the checkpoint is saved, nothing was evaluated.
+    logging.warning("training stopped before its last step: no evaluation")
+    return {}
+  output_dir = os.path.join(workdir, "eval", config.eval_split)
   table = format_table(report, config.model.num_actions)
-  logging.info("demo metrics:\n%s", table)
   print(f"\nheld-out synthetic subjects ({report['num_videos']} videos):\n{table}\n"
         f"metrics: {os.path.join(output_dir, 'metrics.json')}; PCK curves: {output_dir}/*.png")
   return report

@@ -1,6 +1,7 @@
-"""Evaluation as the reference's eval.py (facts 4): shifting-window clips of a split, soft-voted
-action accuracy per video, object accuracy per frame, pose metrics in camera and root-aligned space
-(per hand for two-hand data), PCK curves as .npz (x in cm, y) and .png, and metrics.json.
+"""Evaluation as the reference's eval.py (reference.md §4): shifting-window clips of a split,
+soft-voted action accuracy per video, object accuracy per frame, pose metrics in camera and
+root-aligned space (per hand for two-hand data), PCK curves as .npz (x in cm, y) and .png,
+and metrics.json.
 
 Outputs go to `<workdir>/eval/<split>/`: metrics.json, <evaluator>.npz and <evaluator>.png for the
 reference's evaluator names (joints3d, joints3d_cent; H2O left_/right_ prefixes), predictions.npz
@@ -8,43 +9,26 @@ reference's evaluator names (joints3d, joints3d_cent; H2O left_/right_ prefixes)
 predicted; what challenge exports need, see h2o_export.py).
 """
 
-import json
 import os
-import tempfile
 from typing import Optional
 
 import jax
 import numpy as np
-import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
 
-from data_pipeline import schema
-from htt_jax import checkpointing, config_lib, input_pipeline, metrics, parallel
-from htt_jax.models import build_model
+from data_pipeline import reader
+from htt_jax import checkpointing, config_lib, input_pipeline, metrics, parallel, storage
 
-_MODEL_KEYS = ("image", "intrinsics", "not_padding")
-
-
-def _write_json_atomic(path: str, value) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-  with os.fdopen(fd, "w") as f:
-    json.dump(value, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+_PREDICTED = ("joints3d", "object_probs", "action_probs")
+_LABELS = ("joints3d", "not_padding", "object", "action", "hand_valid", "valid", "video_index",
+           "frame_idx")
 
 
 def mean_training_pose(config) -> np.ndarray:
   """(J, 3) mean camera-space pose over every stored training frame (annotations only)."""
-  manifest = input_pipeline.load_manifest(config.dataset.data_dir, "train", config)
-  files = input_pipeline.shard_paths(config.dataset.data_dir, manifest)
-  total, count = 0.0, 0
-  for joints in tf.data.TFRecordDataset(files).map(
-      lambda s: schema.parse_record(s)["joints3d"]).as_numpy_iterator():
-    total = total + joints.sum(axis=0)
-    count += joints.shape[0]
-  if not count:
-    raise ValueError(f"{input_pipeline.manifest_path(config.dataset.data_dir, 'train')}: no frames")
-  return total / count
+  input_pipeline.load_manifest(config.dataset.data_dir, "train", config)  # the config check
+  return reader.mean_joints3d(config.dataset.data_dir, "train")
 
 
 def _plot(path: str, name: str, x_cm: np.ndarray, y: np.ndarray, auc: float) -> None:
@@ -60,38 +44,32 @@ def _plot(path: str, name: str, x_cm: np.ndarray, y: np.ndarray, auc: float) -> 
   ax.grid(alpha=0.3)
   ax.legend(loc="lower right")
   fig.tight_layout()
-  fig.savefig(path)
+  storage.save_figure(path, fig)
   plt.close(fig)
 
 
 def _predict_split(config, variables, split):
-  """Per-clip outputs of the whole split, gathered on every process, padding clips dropped."""
-  mesh = parallel.create_mesh()
-  model = build_model(config)
-  forward = jax.jit(lambda v, b: model.apply(v, *(b[k] for k in _MODEL_KEYS)),
-                    out_shardings=parallel.replicated(mesh))
-  keep = {"joints3d": [], "object_probs": [], "action_probs": []}
-  labels = {k: [] for k in ("joints3d", "not_padding", "object", "action", "hand_valid", "valid",
-                            "video_index", "frame_idx")}
-  dataset = input_pipeline.create_dataset(config, split, train=False)
-  with jax.set_mesh(mesh):
-    variables = jax.device_put(variables, parallel.replicated(mesh))
-    for batch in dataset.as_numpy_iterator():
-      inputs = parallel.global_batch({k: batch[k] for k in _MODEL_KEYS}, mesh)
-      out = jax.device_get(forward(variables, inputs))
-      for k in keep:
-        keep[k].append(out[k])
-      local = {k: batch[k] for k in labels}
-      gathered = multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1 \
-          else local
-      for k, v in gathered.items():
-        labels[k].append(np.asarray(v))
-  result = {k: np.concatenate(v) for k, v in labels.items()}
+  """Per-clip outputs of the whole split, gathered on every process, padding clips dropped.
+
+  The predictions come from `parallel.Forward`, the compiled forward that `inference.Predictor`
+  and the benchmark's eval mode run too.
+  """
+  forward = parallel.Forward(config, keys=_PREDICTED)
+  variables = forward.place(variables)
+  parts = {k: [] for k in _LABELS + tuple(f"pred_{k}" for k in _PREDICTED)}
+  for batch in input_pipeline.create_dataset(config, split, train=False).as_numpy_iterator():
+    local = {k: batch[k] for k in _LABELS}
+    local.update({f"pred_{k}": v for k, v in forward(variables, batch).items()})
+    # Every process gets every clip: process 0's rows first, as in the global batch.
+    gathered = multihost_utils.process_allgather(local, tiled=True) if jax.process_count() > 1 \
+        else local
+    for k, v in gathered.items():
+      parts[k].append(np.asarray(v))
+  result = {k: np.concatenate(v) for k, v in parts.items()}
   # Strings cannot be all-gathered: ids come from the manifest, by position in the split, so that
   # every process count gives the same ids (those of the source, e.g. 'test/0042' for H2O).
   ids = input_pipeline.load_manifest(config.dataset.data_dir, split)["videos"]["ids"]
   result["video_id"] = np.asarray([ids[i] for i in result.pop("video_index")])
-  result.update({f"pred_{k}": np.concatenate(v) for k, v in keep.items()})
   valid = result.pop("valid") > 0
   return {k: v[valid] for k, v in result.items()}
 
@@ -130,11 +108,12 @@ def evaluate(config, checkpoint_dir: str, output_dir: str, split: str = "test",
     for name, (thresholds, curve, _) in metrics.pose_curves(pred3d, gt3d, valid, dataset_kind,
                                                             hand_valid).items():
       x_cm = thresholds * 100.0
-      np.savez(os.path.join(output_dir, f"{name}.npz"), x=x_cm, y=curve)
+      storage.save_npz(os.path.join(output_dir, f"{name}.npz"), {"x": x_cm, "y": curve})
       _plot(os.path.join(output_dir, f"{name}.png"), name, x_cm, curve,
             metrics.auc(curve, thresholds))
-    np.savez(os.path.join(output_dir, "predictions.npz"), video_id=out["video_id"],
-             action_probs=out["pred_action_probs"], frame_idx=out["frame_idx"],
-             not_padding=out["not_padding"], joints3d=out["pred_joints3d"].astype(np.float32))
-    _write_json_atomic(os.path.join(output_dir, "metrics.json"), report)
+    storage.save_npz(os.path.join(output_dir, "predictions.npz"), {
+        "video_id": out["video_id"], "action_probs": out["pred_action_probs"],
+        "frame_idx": out["frame_idx"], "not_padding": out["not_padding"],
+        "joints3d": out["pred_joints3d"].astype(np.float32)})
+    storage.write_json(os.path.join(output_dir, "metrics.json"), report)
   return report

@@ -9,21 +9,20 @@ Output: joints2d (N,J,2) px, depth (N,J) m, joints3d (N,J,3) m, object_probs (N,
   loss/action, loss/total over all the clips.
 """
 
-import os
-import tempfile
 from typing import Mapping, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from htt_jax import checkpointing
 from htt_jax import config_lib
 from htt_jax import losses as losses_lib
-from htt_jax.models import build_model
+from htt_jax import parallel
 
 LABEL_KEYS = ("joints25d", "joints3d", "object", "action")
 OUTPUT_KEYS = ("joints2d", "depth", "joints3d", "object_probs")
+# What predict returns or needs for the losses.
+_KEEP = ("raw_pose",) + OUTPUT_KEYS + ("object_logits", "action_logits", "action_probs")
 
 
 def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input") -> dict:
@@ -36,44 +35,49 @@ def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input
   joints = config.model.num_joints
   for key in ("images", "intrinsics", "not_padding"):
     if key not in clips:
-      raise ValueError(f"{source}: missing array '{key}' (expected images, intrinsics, "
-                       "not_padding, and optionally joints25d, joints3d, object, action)")
+      raise config_lib.ConfigError(
+          f"{source}: missing array '{key}' (expected images, intrinsics, not_padding, and "
+          "optionally joints25d, joints3d, object, action)")
   out = {key: np.asarray(clips[key]) for key in clips}
   images = out["images"]
   n = images.shape[0] if images.ndim else 0
   if images.ndim != 4 or images.shape[1:] != (height, width, 3):
-    raise ValueError(f"{source}: 'images' has shape {images.shape}, expected (N, {height}, "
-                     f"{width}, 3) for config.dataset.image_size={(height, width)}")
+    raise config_lib.ConfigError(
+        f"{source}: 'images' has shape {images.shape}, expected (N, {height}, {width}, 3) for "
+        f"config.dataset.image_size={(height, width)}")
   if images.dtype == np.uint8:
     pass
   elif images.dtype == np.float32:
     if not np.isfinite(images).all():
-      raise ValueError(f"{source}: 'images' contains NaN or infinite values")
+      raise config_lib.ConfigError(f"{source}: 'images' contains NaN or infinite values")
   else:
-    raise ValueError(f"{source}: 'images' has dtype {images.dtype}, expected uint8 or float32 "
-                     "(normalised as x/255 - 0.5)")
+    raise config_lib.ConfigError(f"{source}: 'images' has dtype {images.dtype}, expected uint8 "
+                                 "or float32 (normalised as x/255 - 0.5)")
   if n == 0 or n % t_clip:
-    raise ValueError(f"{source}: N={n} frames is not a positive multiple of "
-                     f"config.model.num_frames (T={t_clip})")
+    raise config_lib.ConfigError(f"{source}: N={n} frames is not a positive multiple of "
+                                 f"config.model.num_frames (T={t_clip})")
   expected = {"intrinsics": (n, 3, 3), "not_padding": (n,), "joints25d": (n, joints, 3),
               "joints3d": (n, joints, 3), "object": (n,), "action": (n,)}
   for key, shape in expected.items():
     if key in out:
       if out[key].shape != shape:
-        raise ValueError(f"{source}: '{key}' has shape {out[key].shape}, expected {shape}")
+        raise config_lib.ConfigError(
+            f"{source}: '{key}' has shape {out[key].shape}, expected {shape}")
       if out[key].dtype.kind == "f" and not np.isfinite(out[key]).all():
-        raise ValueError(f"{source}: '{key}' contains NaN or infinite values")
+        raise config_lib.ConfigError(f"{source}: '{key}' contains NaN or infinite values")
   if (np.abs(out["intrinsics"][:, 0, 0]) == 0).any():
-    raise ValueError(f"{source}: 'intrinsics' has frames with fx = 0")
+    raise config_lib.ConfigError(f"{source}: 'intrinsics' has frames with fx = 0")
   present = [key for key in LABEL_KEYS if key in out]
   if present and len(present) != len(LABEL_KEYS):
     missing = sorted(set(LABEL_KEYS) - set(present))
-    raise ValueError(f"{source}: labels are all-or-nothing; got {present}, missing {missing}")
+    raise config_lib.ConfigError(
+        f"{source}: labels are all-or-nothing; got {present}, missing {missing}")
   return out
 
 
 class Predictor:
-  """Runs a trained HTT on clips, `batch_size` clips per compiled call.
+  """Runs a trained HTT on clips, `batch_size` clips per compiled call (parallel.Forward over this
+  process's devices, `config.parallelism`; the last call padded).
 
   >>> predictor = Predictor.from_checkpoint(config, "runs/fpha/checkpoints")
   >>> out = predictor.predict({"images": ..., "intrinsics": ..., "not_padding": ...})
@@ -82,11 +86,11 @@ class Predictor:
   def __init__(self, config, variables, batch_size: Optional[int] = None):
     config_lib.validate_config(config)
     self.config = config
-    self.model = build_model(config)
-    self.variables = jax.tree.map(jnp.asarray, variables)
     self.batch_size = batch_size or config.eval_batch_size
-    self._forward = jax.jit(lambda v, images, intrinsics, not_padding: self.model.apply(
-        v, images, intrinsics, not_padding))
+    # This process's devices only: prediction is local, other processes need not take part.
+    self._forward = parallel.Forward(config, parallel.create_mesh(jax.local_devices()),
+                                     self.batch_size, keys=_KEEP)
+    self.variables = self._forward.place(variables)
 
   @classmethod
   def from_checkpoint(cls, config, checkpoint_dir: str, step: Optional[int] = None, **kwargs):
@@ -101,15 +105,8 @@ class Predictor:
     images, intrinsics = per_clip(clips["images"]), per_clip(clips["intrinsics"].astype(np.float32))
     not_padding = per_clip(clips["not_padding"].astype(np.float32))
 
-    chunks = []
-    for start in range(0, num_clips, self.batch_size):
-      stop = min(start + self.batch_size, num_clips)
-      # Pad the last chunk to a full batch (copies of its last clip) so nothing recompiles.
-      index = np.minimum(np.arange(start, start + self.batch_size), stop - 1)
-      outputs = self._forward(self.variables, images[index], intrinsics[index], not_padding[index])
-      keep = ("raw_pose",) + OUTPUT_KEYS + ("object_logits", "action_logits", "action_probs")
-      chunks.append({k: np.asarray(outputs[k])[:stop - start] for k in keep})
-    outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    outputs = self._forward(self.variables, {"image": images, "intrinsics": intrinsics,
+                                             "not_padding": not_padding})
 
     flat = lambda x: x.reshape((num_clips * t_clip,) + x.shape[2:])
     result = {k: flat(outputs[k]) for k in OUTPUT_KEYS}
@@ -122,18 +119,3 @@ class Predictor:
       terms = losses_lib.losses_from_config(outputs, batch, self.config)
       result.update({k: np.asarray(v) for k, v in terms.items()})
     return result
-
-
-def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-  """Writes an .npz under a temporary name in the same folder, then renames it into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise

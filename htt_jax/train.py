@@ -1,4 +1,6 @@
-"""`train_and_evaluate(config, workdir)`: the training loop (big_vision / Flax ImageNet style).
+"""`train_and_evaluate(config, workdir)`: the training loop (big_vision / Flax ImageNet style),
+then evaluation of `config.eval_split` on the last checkpoint (evaluate.py, into
+`workdir/eval/<split>/`, as scripts/evaluate.py writes it; '' skips it).
 
 One batch: tf.data (this host's clips) -> global array sharded on 'data' (jit) or split per local
 device (pmap) -> compiled `steps.train_step` -> metrics (TensorBoard, train_metrics.jsonl, progress
@@ -20,7 +22,7 @@ from absl import logging
 from clu import metric_writers
 
 import htt_jax
-from htt_jax import checkpointing, config_lib, input_pipeline, parallel, steps
+from htt_jax import checkpointing, config_lib, evaluate, input_pipeline, parallel, steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -91,9 +93,16 @@ def _log_compiled(compiled, seconds: float) -> None:
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains (resuming from `workdir/checkpoints` if present); returns the last logged metrics."""
+  """Trains (resuming from `workdir/checkpoints` if present), then evaluates `config.eval_split`.
+
+  Returns the last logged training metrics; when the evaluation ran, its report (metrics.json's
+  content) is under the key 'eval'. A run stopped early (SIGTERM, preemption) is not evaluated.
+  """
   config_lib.validate_config(config, num_devices=jax.device_count())
   manifest = input_pipeline.load_manifest(config.dataset.data_dir, "train", config)
+  eval_split = config.get("eval_split", "")
+  if eval_split:  # A missing split should stop the run now, not after training.
+    input_pipeline.load_manifest(config.dataset.data_dir, eval_split, config)
   steps_per_epoch = input_pipeline.steps_per_epoch(manifest, config.batch_size)
   total_steps = num_train_steps(config, steps_per_epoch)
   schedule = steps.learning_rate_schedule(config, steps_per_epoch)
@@ -105,7 +114,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.create_mesh()
   rng = jax.random.key(config.seed)
   with jax.set_mesh(mesh):
-    state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch),
+    variables = steps.random_variables(config, rng)
+    if config.init.resnet_checkpoint:  # ImageNet backbone, as the reference starts
+      from htt_jax import import_torch  # pylint: disable=g-import-not-at-top  (torch is optional)
+      variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
+    state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch, variables),
                            parallel.replicated(mesh))
   ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
                                          config.checkpoint_every_steps, config.keep_checkpoints)
@@ -128,12 +141,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info("%s on %d clips", name, config.batch_size)
 
   batches = input_pipeline.train_batches(config, start_step=start_step)
-  if config.parallelism == "pmap":
-    train_step = parallel.make_pmap_train_step(config, schedule)
-    to_device = lambda b: parallel.split_for_pmap(b, jax.local_device_count())
-  else:
-    train_step = parallel.make_jit_train_step(config, mesh, schedule)
-    to_device = lambda b: parallel.global_batch(b, mesh)
+  train_step, to_device = parallel.make_train_step(config, mesh, schedule)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
   jsonl = open(os.path.join(workdir, "train_metrics.jsonl"), "a") if is_main else None
@@ -141,6 +149,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   last = {}
   progress = _progress(start_step, total_steps, is_main)
   window_start, window_steps = time.perf_counter(), 0
+  stopped = False
   try:
     with _SigtermFlag(enabled=jax.process_count() == 1) as sigterm, jax.set_mesh(mesh):
       for step in range(start_step + 1, total_steps + 1):
@@ -176,18 +185,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
           ckpt.save(step, state, _metadata(config, step, steps_per_epoch))
           window_start += time.perf_counter() - paused  # Throughput excludes checkpointing.
         if stop:
+          stopped = True
           logging.warning("stopping at step %d on %s; the checkpoint is saved",
                           step, "SIGTERM" if sigterm.received else "preemption")
           break
   finally:
-    # Dropped explicitly: left to the function's return, the tf.data iterator's destructor waited
-    # 10-60 s on a pipeline thread (py-spy, in the demo); deleted here it takes milliseconds.
+    # Dropped explicitly: left to the function's return, the tf.data iterator's destructor could
+    # wait tens of seconds on a pipeline thread (docs/training.md); deleted here it is immediate.
     del batches
     progress.close()
     ckpt.close()
     writer.flush()
     if jsonl:
       jsonl.close()
+  if eval_split and not stopped:
+    output_dir = os.path.join(workdir, "eval", eval_split)
+    report = evaluate.evaluate(config, ckpt.directory, output_dir, eval_split)
+    logging.info("evaluated split %s: %s", eval_split, os.path.join(output_dir, "metrics.json"))
+    last = dict(last, eval=report)
   return last
 
 

@@ -30,6 +30,8 @@ OVERRIDES = {
     "model.num_frames": 8, "model.window": 8, "batch_size": 4, "eval_batch_size": 4,
     "log_every_steps": 1, "checkpoint_every_steps": 1000, "dataset.num_parallel_calls": 1,
     "dataset.prefetch": 1, "dataset.shuffle_buffer": 8, "dataset.cycle_length": 2,
+    # A run that completes then evaluates the (only) split: evaluation across processes too.
+    "eval_split": "train",
 }
 NUM_FRAMES = OVERRIDES["model.num_frames"]
 

@@ -40,16 +40,17 @@ def main():
     mesh = parallel.create_mesh(devices)
     with jax.set_mesh(mesh):
       state = jax.device_put(init, parallel.replicated(mesh))
-      step = parallel.make_jit_train_step(config, mesh, schedule)
+      step, to_device = parallel.make_train_step(config, mesh, schedule)  # train.py's factory
       losses = []
       for batch in batches:
-        state, metrics = step(state, parallel.global_batch(batch, mesh))
+        state, metrics = step(state, to_device(batch))
         losses.append({k: float(v) for k, v in metrics.items()})
     results[name] = (losses, jax.device_get(state.params), jax.device_get(state.batch_stats))
-  step = parallel.make_pmap_train_step(config, schedule)
+  config.parallelism = "pmap"
+  step, to_device = parallel.make_train_step(config, parallel.create_mesh(), schedule)
   state, losses = init, []
   for batch in batches:
-    state, metrics = step(state, parallel.split_for_pmap(batch, 4))
+    state, metrics = step(state, to_device(batch))
     losses.append({k: float(v) for k, v in metrics.items()})
   results["pmap4"] = (losses, jax.device_get(state.params), jax.device_get(state.batch_stats))
 

@@ -36,6 +36,7 @@ def test_paper_settings():
     ("lr_schedule", "linear", "config.lr_schedule='linear'"),
     ("lr_warmup_steps", -1, "config.lr_warmup_steps=-1"),
     ("grad_clip_norm", -1.0, "config.grad_clip_norm=-1.0 must be a number >= 0"),
+    ("eval_split", "eval/test", "config.eval_split='eval/test' must be a split name"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()
@@ -44,23 +45,29 @@ def test_invalid_values_name_the_key(smoke_config, key, value, message):
   for part in parents:
     node = node[part]
   node[leaf] = value
-  with pytest.raises(ValueError) as error:
+  with pytest.raises(config_lib.ConfigError) as error:
     config_lib.validate_config(config)
   assert message in str(error.value)
+
+
+def test_runs_evaluate_after_training_where_the_demo_and_paper_configs_say():
+  # Labelled held-out splits: FPHA has no val; H2O's public test has no labels.
+  assert {name: load_config(name).eval_split for name in ("fpha", "h2o", "synthetic", "smoke")} == \
+      {"fpha": "test", "h2o": "val", "synthetic": "test", "smoke": ""}
 
 
 def test_batch_must_divide_over_devices(smoke_config):
   config = smoke_config.copy_and_resolve_references()
   config.batch_size = config.eval_batch_size = 6
   config_lib.validate_config(config, num_devices=3)
-  with pytest.raises(ValueError, match=r"config.batch_size=6 must be divisible by the number of devices \(4\)"):
+  with pytest.raises(config_lib.ConfigError, match=r"config.batch_size=6 must be divisible by the number of devices \(4\)"):
     config_lib.validate_config(config, num_devices=4)
 
 
 def test_dataset_heads_must_match():
   config = load_config("fpha")
   config.model.num_joints = 42
-  with pytest.raises(ValueError, match="config.dataset.name='fpha', which needs \\(21, 26, 45\\)"):
+  with pytest.raises(config_lib.ConfigError, match="config.dataset.name='fpha', which needs \\(21, 26, 45\\)"):
     config_lib.validate_config(config)
 
 
@@ -88,3 +95,8 @@ def test_command_line_overrides_are_type_checked(tmp_path):
   assert bad_key.returncode != 0 and "num_frame" in bad_key.stderr
   invalid = run("--config=configs/fpha.py", "--config.model.num_frames=40")
   assert invalid.returncode != 0 and "config.model.window" in invalid.stderr
+
+
+def test_config_errors_are_value_errors():
+  # Callers that caught ValueError from validate_config keep working.
+  assert issubclass(config_lib.ConfigError, ValueError)

@@ -9,13 +9,13 @@ import pytest
 
 from conftest import ROOT, random_batch
 from htt_jax import checkpointing, inference, steps
-from htt_jax.models import build_model
+from htt_jax.models import build_model, init_variables
 
 
 @pytest.fixture(scope="module")
 def setup(smoke_config, tmp_path_factory):
   model = build_model(smoke_config)
-  variables = jax.jit(lambda r: steps.init_variables(model, r, smoke_config))(jax.random.key(3))
+  variables = jax.jit(lambda r: init_variables(model, r, smoke_config))(jax.random.key(3))
   ckpt = tmp_path_factory.mktemp("ckpt") / "checkpoints"
   checkpointing.save_variables(str(ckpt), jax.device_get(variables), step=7, metadata={"x": 1})
   batch = random_batch(smoke_config, batch_size=3, valid_frames=[32, 9, 20])

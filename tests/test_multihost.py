@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_config
-from data_pipeline import synthetic, writer
+from data_pipeline import schema, synthetic, writer
 from htt_jax import checkpointing
 import multihost_worker  # Its OVERRIDES are the config of every run here.
 from process_utils import env_for, free_port, read_metrics, run_processes, tail
@@ -136,11 +136,19 @@ def test_batch_sharding_two_processes_match_one(reference, two_processes):
   _assert_same_losses(log, read_metrics(reference["batch"]["workdir"]), STEPS)
   _assert_close_params(str(workdir / "checkpoints"),
                        os.path.join(reference["batch"]["workdir"], "checkpoints"), STEPS)
+  # The evaluation after training: every process gets the one-process report (each evaluates its
+  # rows of every batch, then they gather), written once, to workdir/eval/train.
+  for result in two_processes["results"]:
+    report = result["batch"]["last"]["eval"]
+    for key, value in reference["batch"]["last"]["eval"].items():
+      assert report[key] == (pytest.approx(value, rel=1e-4, abs=1e-6)
+                             if isinstance(value, float) else value), key
+  assert (workdir / "eval" / "train" / "metrics.json").exists()
 
 
 def _video_shards(data_dir):
   """video index -> shard number (the writer puts consecutive videos in a shard)."""
-  manifest = writer.load_manifest(data_dir, "train")
+  manifest = schema.load_manifest(data_dir, "train")
   owner = []
   for number, shard in enumerate(manifest["shards"]):
     owner += [number] * shard["videos"]
@@ -156,6 +164,7 @@ def test_files_sharding_and_sigterm_to_one_process(data_dir, reference, two_proc
   assert len(results[1]["clips"]) == stopped and STEPS <= stopped < MAX_FILES_STEPS
   for key in LOSS_KEYS:
     assert results[0]["last"][key] == results[1]["last"][key], key
+  assert not any("eval" in r["last"] for r in results)  # stopped early: not evaluated
   assert [r["step"] for r in read_metrics(workdir)] == list(range(1, stopped + 1))
   variables, metadata = checkpointing.restore_variables(str(workdir / "checkpoints"))
   assert metadata["step"] == stopped and variables["params"]

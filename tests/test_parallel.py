@@ -53,3 +53,49 @@ def test_jit_and_pmap_agree_on_4_cpu_devices(normalization, batch_norm, num_step
     assert result["max_stats_change"] > 1e-3, result
     # Per-device statistics (a BatchNorm not reduced over the devices) would differ by O(1).
     assert max(result["max_stats_rel_diff"].values()) < 1e-3, result
+
+
+def test_one_forward_jit_pmap_and_predictor_agree_on_2_cpu_devices():
+  """parallel.Forward (evaluation's, Predictor's and the benchmark's forward pass) pads, shards and
+  un-pads: on 5 clips, every layout gives model.apply's outputs for exactly those clips."""
+  run = subprocess.run([sys.executable, str(ROOT / "tests" / "forward_equivalence.py")],
+                       capture_output=True, text=True, timeout=900, cwd=ROOT)
+  assert run.returncode == 0, run.stderr[-4000:]
+  result = json.loads(run.stdout.split("RESULT ", 1)[1])
+  # Per device, its share of the clips: 1 on one device; 1 (2 clips) or 2 (3 rounded up to 4) on 2.
+  assert result["host_batch"] == {"jit1_b1": 1, "jit2_b2": 2, "jit2_b3": 4, "pmap2_b2": 2}
+  for setting, diffs in result["diffs"].items():
+    for key, diff in diffs.items():
+      # Only the summation order may differ (a convolution over fewer clips per call).
+      assert diff <= 1e-4 * max(1.0, result["scale"][key]), (setting, key, diff)
+
+
+def test_predictor_and_benchmark_eval_mode_run_parallel_forward(monkeypatch, smoke_config):
+  from conftest import load_config, random_batch  # pylint: disable=g-import-not-at-top
+  from htt_jax import inference, parallel  # pylint: disable=g-import-not-at-top
+  from htt_jax.benchmark import measure  # pylint: disable=g-import-not-at-top
+  from htt_jax.models import build_model  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  made = []
+
+  class Recorded(parallel.Forward):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      made.append(self)
+
+  monkeypatch.setattr(parallel, "Forward", Recorded)
+  batch = random_batch(smoke_config, batch_size=1)
+  model = build_model(smoke_config)
+  variables = jax.jit(model.init)(jax.random.key(0), batch["image"], batch["intrinsics"],
+                                  batch["not_padding"])
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  inference.Predictor(smoke_config, variables).predict(
+      {"images": flat(batch["image"]), "intrinsics": flat(batch["intrinsics"]),
+       "not_padding": flat(batch["not_padding"])})
+  assert len(made) == 1
+  config = load_config("benchmark", "runlocal")
+  config.model.hidden_dim, config.model.num_heads, config.model.mlp_dim = 64, 4, 128
+  config.warmup_steps, config.timed_steps = 0, 1
+  row = measure.measure(config, "eval")
+  assert len(made) == 2 and made[1].host_batch_size == config.batch_size
+  assert row["frames_per_second"] > 0

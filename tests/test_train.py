@@ -39,7 +39,8 @@ def _log(workdir):
 
 def test_resume_gives_the_same_run(data_dir, tmp_path):
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  train.train_and_evaluate(_config(data_dir, 4), str(straight))
+  assert "eval" not in train.train_and_evaluate(_config(data_dir, 4), str(straight))
+  assert not (straight / "eval").exists()  # smoke's eval_split is '': training only
   train.train_and_evaluate(_config(data_dir, 2), str(resumed))  # stops after step 2
   train.train_and_evaluate(_config(data_dir, 4), str(resumed))  # resumes at step 3
 
@@ -64,17 +65,27 @@ def test_non_finite_loss_stops_with_the_step_and_term(data_dir, tmp_path):
   assert not list((tmp_path / "w" / "checkpoints").glob("[0-9]*"))
 
 
-def test_evaluate_matches_an_independent_recomputation(data_dir, tmp_path):
+def test_evaluate_matches_an_independent_recomputation(data_dir, tmp_path, monkeypatch):
   import data_pipeline  # pylint: disable=g-import-not-at-top
-  from htt_jax import evaluate, inference, metrics  # pylint: disable=g-import-not-at-top
+  from htt_jax import evaluate, inference, metrics, parallel  # pylint: disable=g-import-not-at-top
+  forwards = []
+
+  class Recorded(parallel.Forward):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      forwards.append(self)
+
+  monkeypatch.setattr(parallel, "Forward", Recorded)
   config = _config(data_dir, 2)
   config.eval_batch_size = 3  # Does not divide the clip count: the last batch is padded.
+  config.eval_split = "train"  # train_and_evaluate evaluates it after training.
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config, str(workdir))
+  report = train.train_and_evaluate(config, str(workdir))["eval"]
+  assert len(forwards) == 1  # evaluation ran the one parallel forward
   out_dir = workdir / "eval" / "train"
-  report = evaluate.evaluate(config, str(workdir / "checkpoints"), str(out_dir), split="train")
   with open(out_dir / "metrics.json") as f:
     assert json.load(f) == pytest.approx(report)
+  assert report["checkpoint_step"] == 2
   for name in ("joints3d", "joints3d_cent"):
     with np.load(out_dir / f"{name}.npz") as curve:
       assert curve["x"][-1] == pytest.approx(8.0 if name == "joints3d" else 5.0)  # cm
@@ -88,6 +99,12 @@ def test_evaluate_matches_an_independent_recomputation(data_dir, tmp_path):
   cat = lambda k: np.concatenate([c[k] for c in clips])
   pred = predictor.predict({"images": cat("image"), "intrinsics": cat("intrinsics"),
                             "not_padding": cat("not_padding")})
+  assert len(forwards) == 2  # and so did Predictor
+  # Per clip, evaluation's predictions are Predictor's (the same forward, batched differently).
+  with np.load(out_dir / "predictions.npz") as saved:
+    np.testing.assert_allclose(saved["action_probs"], pred["action_probs"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(saved["joints3d"].reshape(pred["joints3d"].shape),
+                               pred["joints3d"], rtol=1e-4, atol=1e-6)
   accuracy = metrics.video_accuracy(pred["action_probs"], [c["video_id"] for c in clips],
                                     [int(c["action"]) for c in clips])
   assert report["action_accuracy"] == pytest.approx(accuracy)
