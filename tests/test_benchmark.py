@@ -174,41 +174,73 @@ def test_pipeline_modes_need_a_data_dir():
     runner.run_benchmark(tiny_config(num_devices=64), "train")
 
 
-def _run_jax_side(script, frames):
-  """Runs a benchmarks/ JAX-vs-PyTorch script's JAX side on tiny 64x64 frames, 1 thread."""
-  done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--framework=jax",
-                         f"--frames={frames}", "--height=64", "--width=64", "--threads=1"],
-                        capture_output=True, text=True, cwd=ROOT, check=False, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  return done
-
-
-def test_backbone_split_times_forward_and_backward():
-  """benchmarks/backbone_split.py (JAX side; the PyTorch side needs torch): one line with both
-  times, and forward+backward takes longer than the forward alone."""
-  import re  # pylint: disable=g-import-not-at-top
-  done = _run_jax_side("backbone_split.py", frames=2)
-  match = re.search(r"jax\s+2x64x64, 1 threads: forward ([\d.]+) ms, forward\+backward ([\d.]+) ms",
-                    done.stdout)
-  assert match, done.stdout
-  assert float(match.group(2)) > float(match.group(1)) > 0
-
-
-def test_conv_layers_shapes_and_jax_timings():
-  """benchmarks/conv_layers.py: ResNet-18's 20 convolutions in 11 distinct shapes (at 96x160 layer4
-  works on 6x10 -> 3x5 maps, hand-computed), and a timing row per shape (JAX side)."""
-  import re  # pylint: disable=g-import-not-at-top
-  sys.path.insert(0, str(ROOT / "benchmarks"))
-  import conv_layers  # pylint: disable=g-import-not-at-top
-  shapes = conv_layers.layer_shapes(96, 160)
-  assert len(shapes) == 11 and sum(r[-1] for r in shapes) == 20
+# ---- The backbone alone: --mode=backbone and --mode=conv_layers --------------------------------
+def test_resnet18_convolutions_by_hand():
+  """ResNet-18's 20 convolutions in 11 distinct shapes (at 96x160 layer4 works on 6x10 -> 3x5
+  maps, hand-computed): the walk that both the FLOP count and --mode=conv_layers use."""
+  shapes = flops.resnet18_convolutions(96, 160)
+  assert len(shapes) == 11 and sum(s.count for s in shapes) == 20
   assert shapes[0] == ("stem", 96, 160, 3, 64, 7, 2, 3, 1)
   assert shapes[1] == ("layer1", 24, 40, 64, 64, 3, 1, 1, 4)
   assert shapes[-3] == ("layer4 3x3/2", 6, 10, 256, 512, 3, 2, 1, 1)
   assert shapes[-1] == ("layer4 3x3", 3, 5, 512, 512, 3, 1, 1, 3)
-  done = _run_jax_side("conv_layers.py", frames=1)
-  rows = re.findall(r"^(stem|layer\d[ 0-9x/]*?)\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$",
-                    done.stdout, flags=re.M)
-  assert [r[0] for r in rows] == [r[0] for r in conv_layers.layer_shapes(64, 64)], done.stdout
-  assert all(float(v) >= 0 for r in rows for v in r[2:])  # tiny layers print 0.0 ms
-  assert float(rows[0][2]) > 0 and float(rows[1][4]) > 0  # stem forward, layer1 wgrad
+
+
+def backbone_config(**overrides):
+  """A batch of 2 frames of 72x128: the backbone modes time batch_size x T frames."""
+  return tiny_config(**{"model.num_frames": 2, "model.window": 2, **overrides})
+
+
+def test_backbone_mode_times_forward_and_backward(tmp_path):
+  output = str(tmp_path / "backbone.json")
+  (row,) = runner.run_benchmark(backbone_config(), "backbone", output)
+  with open(output) as f:
+    assert json.load(f) == [json.loads(json.dumps(row))]
+  assert row["mode"] == "backbone" and row["num_devices"] == 1 and row["device_kind"]
+  assert row["frames"] == 2 and row["timed_steps"] == 2 and row["compile_time_s"] > 0
+  # The step is forward + backward; the backward is what the forward leaves of it.
+  assert row["step_time_ms_median"] == row["forward_backward_time_ms_median"]
+  assert row["forward_backward_time_ms_median"] > row["forward_time_ms_median"] > 0
+  assert row["backward_time_ms_median"] == pytest.approx(
+      row["forward_backward_time_ms_median"] - row["forward_time_ms_median"])
+  assert row["frames_per_second"] == pytest.approx(2 / row["step_time_ms_median"] * 1e3)
+  parts = flops.resnet18_flops(72, 128)
+  assert row["flops_per_frame_analytic"] == 3 * sum(parts.values()) - parts["conv1"]
+  assert row["mfu"] is None and row["speedup_vs_baseline"] is None  # CPU; no baseline asked
+  with open(tmp_path / "backbone.md") as f:
+    table = f.read()
+  assert table.startswith("# ResNet-18 alone") and table.count("\n| ") == 2
+  with open(tmp_path / "backbone.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_conv_layers_mode_times_each_convolution(tmp_path):
+  from htt_jax.models import convolution  # pylint: disable=g-import-not-at-top
+  output = str(tmp_path / "conv.json")
+  (row,) = runner.run_benchmark(backbone_config(**{"model.num_frames": 1, "model.window": 1}),
+                                "conv_layers", output)
+  shapes = flops.resnet18_convolutions(72, 128)
+  layers = row["layers"]
+  assert [e["layer"] for e in layers if e["implementation"] == "lax"] == [s.name for s in shapes]
+  # A second entry where the model computes the convolution as patches x kernel instead (on CPU,
+  # where these tests run, the model is built with its CPU workarounds).
+  expected_patches = [s.name for s in shapes if convolution.use_patches(
+      (s.height, s.width), (s.kernel, s.kernel), (s.stride,) * 2, ((s.padding,) * 2,) * 2)]
+  assert [e["layer"] for e in layers if e["implementation"] == "patches"] == expected_patches
+  for entry, shape in zip([e for e in layers if e["implementation"] == "lax"], shapes):
+    assert entry["count"] == shape.count and entry["input_size"] == [shape.height, shape.width]
+    assert all(entry[f"{g}_ms_median"] >= 0 for g in ("forward", "dgrad", "wgrad"))
+  assert layers[0]["forward_ms_median"] > 0 and layers[1]["wgrad_ms_median"] > 0
+  assert row["compile_time_s"] == pytest.approx(sum(e["compile_time_s"] for e in layers))
+  with open(tmp_path / "conv.md") as f:
+    assert f.read().count("\n| ") == len(layers) + 1  # header + one line per entry
+  with open(tmp_path / "conv.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_script_modes_are_the_runners():
+  """scripts/benchmark.py lists its modes without importing JAX; they must be the runner's."""
+  import re  # pylint: disable=g-import-not-at-top
+  with open(ROOT / "scripts" / "benchmark.py") as f:
+    listed = re.search(r'DEFINE_enum\("mode", "train", \[([^\]]*)\]', f.read()).group(1)
+  assert re.findall(r'"(\w+)"', listed) == list(runner.MODES)

@@ -55,3 +55,32 @@ def test_incompatible_configs_are_refused_before_measuring():
   config.model.hidden_dim = 64
   with pytest.raises(ValueError, match="hidden_dim=512"):
     runner.run_benchmark(config, "train")
+
+
+def test_backbone_modes_run_pytorch_beside_ours(tmp_path):
+  """--mode=backbone and --mode=conv_layers with the PyTorch side in its own process: the same
+  frames, its times beside ours, and for the backbone our speed-up on forward + backward."""
+  from htt_jax.benchmark import flops  # pylint: disable=g-import-not-at-top
+  config = load_config("benchmark", "runlocal")  # 72x128
+  config.model.num_frames = config.model.window = 1  # One frame: batch_size x T
+  config.baseline = "torch"
+  config.model.hidden_dim = 64  # The heads do not run here: no need for the reference's width.
+  config.warmup_steps, config.timed_steps = 0, 1
+  (row,) = runner.run_benchmark(config, "backbone", str(tmp_path / "backbone.json"))
+  theirs = row["baseline"]
+  assert theirs["implementation"] == "torch" and theirs["device_kind"] == "cpu"
+  assert theirs["forward_backward_time_ms_median"] > 0 and row["versions"]["torch"]
+  assert theirs["backward_time_ms_median"] == pytest.approx(
+      theirs["forward_backward_time_ms_median"] - theirs["forward_time_ms_median"])
+  assert row["speedup_vs_baseline"] == pytest.approx(
+      theirs["forward_backward_time_ms_median"] / row["forward_backward_time_ms_median"])
+  assert row["baseline_frames_per_second"] == pytest.approx(theirs["frames_per_second"])
+  with open(tmp_path / "backbone.md") as f:
+    assert "PyTorch forward" in f.read()
+
+  (row,) = runner.run_benchmark(config, "conv_layers", str(tmp_path / "conv.json"))
+  names = [s.name for s in flops.resnet18_convolutions(72, 128)]
+  assert [layer["layer"] for layer in row["baseline"]["layers"]] == names
+  assert all(layer[f"{g}_ms_median"] >= 0 for layer in row["baseline"]["layers"]
+             for g in ("forward", "dgrad", "wgrad"))
+  assert row["baseline"]["layers"][0]["forward_ms_median"] > 0

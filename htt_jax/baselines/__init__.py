@@ -1,6 +1,8 @@
 """Other implementations of HTT, for parity tests and as benchmark baselines.
 
-`torch_htt`: an independent PyTorch model written from the reference's facts (optional extra
-`torch`). `torch_benchmark`: times it, in a process of its own (see its docstring).
+`torch_htt`: an independent PyTorch model written from docs/reference.md (optional extra
+`torch`). `torch_benchmark`: times it, in a process of its own (see its docstring), and through
+`torch_backbone` its ResNet-18 or that network's convolutions alone (the benchmark's backbone
+modes).
 Nothing is imported here, so that importing this package needs no PyTorch.
 """

@@ -8,7 +8,8 @@ because PyTorch and TensorFlow must not share a process (torch.optim imports tri
 crashes once TensorFlow's is loaded); this module imports neither TensorFlow nor JAX.
 The train step is what the authors' loop does per batch: forward, the reference losses, backward,
 Adam. Variants: eager float32 everywhere; on a GPU also bfloat16 autocast and `torch.compile`
-(each dtype). Images are given already normalised (x/255 - 0.5, NCHW), as the reference's loader
+(each dtype). The modes 'backbone' and 'conv_layers' time ResNet-18 alone (`torch_backbone`).
+Images are given already normalised (x/255 - 0.5, NCHW), as the reference's loader
 delivers them; the BatchNorm statistics stay frozen as in the reference. PyTorch's other defaults
 are kept (on a GPU: TF32 for cuDNN convolutions, full float32 for matrix products).
 """
@@ -16,14 +17,14 @@ are kept (on a GPU: TF32 for cuDNN convolutions, full float32 for matrix product
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 from typing import Any, Dict, List
 
 import torch
 
-from htt_jax.baselines import torch_htt
+from htt_jax.baselines import torch_backbone, torch_htt
+from htt_jax import storage
 from htt_jax.benchmark import timing
 
 VARIANTS = ("eager_float32", "eager_bfloat16", "compile_float32", "compile_bfloat16")
@@ -103,7 +104,8 @@ def _step_fn(spec: Dict[str, Any], variant: str, device):
 
 
 def run(spec: Dict[str, Any]) -> Dict[str, Any]:
-  """Measures every variant of `spec` (see module docstring); returns a JSON-able dict."""
+  """Measures every variant of `spec` (see module docstring), or one of the backbone modes
+  (`torch_backbone`); returns a JSON-able dict."""
   threads = int(spec.get("threads") or 0)
   if threads > 0:
     torch.set_num_threads(threads)
@@ -113,11 +115,15 @@ def run(spec: Dict[str, Any]) -> Dict[str, Any]:
   torch.set_flush_denormal(True)
   cuda = torch.cuda.is_available()
   device = torch.device("cuda" if cuda else "cpu")
-  variants = spec.get("variants") or default_variants(cuda)
-  frames = spec["batch_size"] * spec["num_frames"]
   result = {"device_kind": torch.cuda.get_device_name(device) if cuda else "cpu",
             "platform": "gpu" if cuda else "cpu", "torch_version": torch.__version__,
-            "threads": torch.get_num_threads(), "mode": spec["mode"], "variants": []}
+            "threads": torch.get_num_threads(), "mode": spec["mode"]}
+  if spec["mode"] in torch_backbone.MODES:
+    result.update(torch_backbone.measure(spec, device))
+    return result
+  variants = spec.get("variants") or default_variants(cuda)
+  frames = spec["batch_size"] * spec["num_frames"]
+  result["variants"] = []
   for variant in variants:
     step = _step_fn(spec, variant, device)
     if cuda:
@@ -145,10 +151,7 @@ def main(argv=None) -> int:
   result = run(json.loads(args.json_args))
   text = json.dumps(result)
   if args.output:
-    tmp = args.output + ".tmp"
-    with open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, args.output)
+    storage.write_text(args.output, text)
   else:
     print(text)
   return 0

@@ -1,17 +1,17 @@
 """Independent PyTorch reference of the HTT model (Wen et al., CVPR 2023).
 
-Written from torch.nn primitives and `reference/htt_facts.md` (sections 1, 2 and 5; cited as
-"facts x.y"), not from the authors' code. It is the ground truth for the Flax parity tests and
-the PyTorch benchmark baseline, so it reproduces the authors' behaviour exactly, quirks included:
-its `state_dict()` has the same 194 keys (FPHA), shapes, dtypes and order as a reference
-checkpoint (facts 5.2), so released `.pth` files load into it unchanged.
+Written from torch.nn primitives and `docs/reference.md` (sections 1, 2 and 5; cited as
+"reference.md §x.y"), not from the authors' code. It is the ground truth for the Flax parity tests
+and the PyTorch benchmark baseline, so it reproduces the authors' behaviour exactly, quirks
+included: its `state_dict()` has the same 194 keys (FPHA), shapes, dtypes and order as a reference
+checkpoint (reference.md §5.2), so released `.pth` files load into it unchanged.
 
 Public API:
     TemporalNetRef(num_joints, num_objects, num_actions, ...)   the model, forward() -> dict
-    to25d(raw, intrinsics, image_hw)                             facts 1.6
-    positional_encoding(max_len, dim)                            facts 1.2
-    reference_losses(...)                                        facts 2.1-2.4
-    save_reference_checkpoint(model, path, ...)                  facts 5.1
+    to25d(raw, intrinsics, image_hw)                             reference.md §1.6
+    positional_encoding(max_len, dim)                            reference.md §1.2
+    reference_losses(...)                                        reference.md §2.1-2.4
+    save_reference_checkpoint(model, path, ...)                  reference.md §5.1
 """
 import copy
 import math
@@ -21,18 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LN_EPS = 1e-5  # facts 1.3 / 6.21 (PyTorch default; Flax's is 1e-6)
-BN_EPS = 1e-5  # facts 1.1 / 6.21
-TRANS_FACTOR = 100.0  # facts 1.6
+LN_EPS = 1e-5  # reference.md §1.3 / §6.21 (PyTorch default; Flax's is 1e-6)
+BN_EPS = 1e-5  # reference.md §1.1 / §6.21
+TRANS_FACTOR = 100.0  # reference.md §1.6
 SCALE_FACTOR = 1e-4
 OFF_Z = 0.4
 
 
-# ---- ResNet-18, torchvision module names (facts 1.1). -------------------------------------
+# ---- ResNet-18, torchvision module names (reference.md §1.1). ------------------------------------
 class BasicBlock(nn.Module):
   def __init__(self, inplanes, planes, stride=1):
     super().__init__()
-    # Stride sits in the first 3x3 conv (ResNet v1 / torchvision, facts 1.1).
+    # Stride sits in the first 3x3 conv (ResNet v1 / torchvision, reference.md §1.1).
     self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
     self.bn1 = nn.BatchNorm2d(planes, eps=BN_EPS)
     self.relu = nn.ReLU(inplace=True)
@@ -57,13 +57,13 @@ class ResNet18(nn.Module):
     self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
     self.bn1 = nn.BatchNorm2d(64, eps=BN_EPS)
     self.relu = nn.ReLU(inplace=True)
-    self.maxpool = nn.MaxPool2d(3, 2, 1)  # pads with -inf, like facts 1.1 asks of JAX
+    self.maxpool = nn.MaxPool2d(3, 2, 1)  # pads with -inf, like reference.md §1.1 asks of JAX
     self.layer1 = nn.Sequential(BasicBlock(64, 64), BasicBlock(64, 64))
     self.layer2 = nn.Sequential(BasicBlock(64, 128, 2), BasicBlock(128, 128))
     self.layer3 = nn.Sequential(BasicBlock(128, 256, 2), BasicBlock(256, 256))
     self.layer4 = nn.Sequential(BasicBlock(256, 512, 2), BasicBlock(512, 512))
     # Both exist in the reference but are unused: the features are a plain spatial mean and
-    # fc (ImageNet head) never gets a gradient; fc is still in the state_dict (facts 1.1).
+    # fc (ImageNet head) never gets a gradient; fc is still in the state_dict (reference.md §1.1).
     self.avgpool = nn.AvgPool2d(7)
     self.fc = nn.Linear(512, num_classes)
     for m in self.modules():
@@ -80,7 +80,7 @@ class ResNet18(nn.Module):
 
 
 class ResNetWrapper(nn.Module):
-  """Holds the backbone as `base_net` so keys read `meshregnet.base_net.*` (facts 5.2)."""
+  """Holds the backbone as `base_net` so keys read `meshregnet.base_net.*` (reference.md §5.2)."""
 
   def __init__(self):
     super().__init__()
@@ -90,9 +90,9 @@ class ResNetWrapper(nn.Module):
     return self.base_net(images)[0]
 
 
-# ---- Positional encoding and pre-norm DETR-style encoder (facts 1.2, 1.3). ----------------
+# ---- Positional encoding and pre-norm DETR-style encoder (reference.md §1.2, §1.3). --------------
 def positional_encoding(max_len=5000, dim=512):
-  """(1, max_len, dim) float32; even channels sin, odd channels cos (facts 1.2)."""
+  """(1, max_len, dim) float32; even channels sin, odd channels cos (reference.md §1.2)."""
   position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
   div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
   pe = torch.zeros(max_len, dim, dtype=torch.float32)
@@ -104,16 +104,17 @@ def positional_encoding(max_len=5000, dim=512):
 class PositionalEncoding(nn.Module):
   def __init__(self, dim=512, max_len=5000):
     super().__init__()
-    # A persistent buffer: it is in the checkpoints as `transformer_pe.pe` (facts 1.2).
+    # A persistent buffer: it is in the checkpoints as `transformer_pe.pe` (reference.md §1.2).
     self.register_buffer("pe", positional_encoding(max_len, dim))
 
   def forward(self, length):
-    # Returns the encoding only; the encoder adds it to q and k (facts 1.2).
+    # Returns the encoding only; the encoder adds it to q and k (reference.md §1.2).
     return self.pe[:, :length]
 
 
 class EncoderLayer(nn.Module):
-  """Pre-norm layer (normalize_before=True, facts 1.3); dropout is hard-coded 0 so omitted."""
+  """Pre-norm layer (normalize_before=True, reference.md §1.3); dropout is hard-coded 0
+  so omitted."""
 
   def __init__(self, dim, num_heads, mlp_dim):
     super().__init__()
@@ -126,7 +127,7 @@ class EncoderLayer(nn.Module):
 
   def forward(self, x, pos, key_padding_mask, need_weights):
     y = self.norm1(x)
-    qk = y + pos  # PE on queries and keys only, never on values / residual (facts 1.2)
+    qk = y + pos  # PE on queries and keys only, never on values / residual (reference.md §1.2)
     attn, weights = self.self_attn(qk, qk, y, key_padding_mask=key_padding_mask,
                                    need_weights=need_weights, average_attn_weights=True)
     x = x + attn
@@ -138,7 +139,7 @@ class Encoder(nn.Module):
   def __init__(self, dim, num_heads, mlp_dim, num_layers):
     super().__init__()
     layer = EncoderLayer(dim, num_heads, mlp_dim)
-    # Deep copies of one layer: FFN biases start identical across layers (facts 1.3).
+    # Deep copies of one layer: FFN biases start identical across layers (reference.md §1.3).
     self.layers = nn.ModuleList([copy.deepcopy(layer) for _ in range(num_layers)])
     self.norm = nn.LayerNorm(dim, eps=LN_EPS)  # final LN (exists because pre-norm)
 
@@ -151,14 +152,14 @@ class Encoder(nn.Module):
 
 
 class TransformerEncoderRef(nn.Module):
-  """Holds the encoder as `.encoder` (keys `transformer_*.encoder.*`, facts 5.2)."""
+  """Holds the encoder as `.encoder` (keys `transformer_*.encoder.*`, reference.md §5.2)."""
 
   def __init__(self, dim, num_heads, mlp_dim, num_layers):
     super().__init__()
     self.encoder = Encoder(dim, num_heads, mlp_dim, num_layers)
     # Xavier on every >=2-dim parameter, the fused (3d, d) in_proj_weight as ONE matrix;
     # MHA biases are already 0 from nn.MultiheadAttention, FFN biases keep Linear default
-    # (facts 1.3, 6.20).
+    # (reference.md §1.3, §6.20).
     for p in self.parameters():
       if p.dim() > 1:
         nn.init.xavier_uniform_(p)
@@ -171,7 +172,7 @@ class TransformerEncoderRef(nn.Module):
 
 
 class MLP(nn.Module):
-  """Hand pose MLP, keys `image_to_hand_pose.mlp.{0,2,4}` (facts 1.5)."""
+  """Hand pose MLP, keys `image_to_hand_pose.mlp.{0,2,4}` (reference.md §1.5)."""
 
   def __init__(self, dim, out_dim):
     super().__init__()
@@ -183,7 +184,7 @@ class MLP(nn.Module):
 
 
 class Classifier(nn.Module):
-  """ActionClassificationBranch: one Linear named `classifier` (facts 1.7)."""
+  """ActionClassificationBranch: one Linear named `classifier` (reference.md §1.7)."""
 
   def __init__(self, dim, num_classes):
     super().__init__()
@@ -193,12 +194,12 @@ class Classifier(nn.Module):
     return self.classifier(x)
 
 
-# ---- Geometry (facts 1.6). ----------------------------------------------------------------
+# ---- Geometry (reference.md §1.6). ---------------------------------------------------------------
 def to25d(raw, intrinsics, image_hw):
   """raw (N,J,3) = (a, b, s) -> joints2d (N,J,2) px, depth (N,J) m, joints3d (N,J,3) m.
 
   image_hw = (H, W) of the image tensor fed to the network. Only fx, cx, cy are used; Y is
-  back-projected with fx as well (facts 1.6, 6.6).
+  back-projected with fx as well (reference.md §1.6, §6.6).
   """
   height, width = image_hw
   fx = intrinsics[:, 0, 0].unsqueeze(1)
@@ -212,7 +213,7 @@ def to25d(raw, intrinsics, image_hw):
   return torch.stack([u, v], -1), z, torch.stack([x, y, z], -1)
 
 
-# ---- Losses (facts 2.1-2.4). --------------------------------------------------------------
+# ---- Losses (reference.md §2.1-2.4). -------------------------------------------------------------
 def reference_losses(outputs, not_padding, joints25d, joints3d, object_labels, action_labels,
                      normalization="frame", pose_loss="l1", lambda_hand_2d=1.0,
                      lambda_hand_z=100.0, lambda_object=1.0, lambda_action=1.0):
@@ -220,7 +221,8 @@ def reference_losses(outputs, not_padding, joints25d, joints3d, object_labels, a
 
   normalization='frame': one group, every term normalised over all valid frames of the batch
   (single-device reference). 'clip': each clip is its own group normalised by its own valid
-  frames, then terms are averaged over clips (DataParallel, one clip per GPU; facts 2.6, 6.8).
+  frames, then terms are averaged over clips (DataParallel, one clip per GPU;
+  reference.md §2.6, §6.8).
   """
   action_logits = outputs["action_logits"]
   num_clips = action_logits.shape[0]
@@ -248,11 +250,12 @@ def reference_losses(outputs, not_padding, joints25d, joints3d, object_labels, a
   terms = {
       "loss/joints2d": hand_term(outputs["joints2d"], joints25d[..., :2]),
       "loss/depth": hand_term(outputs["depth"], joints25d[..., 2]),
-      # Reported (recov_joint3d) but not part of the total (facts 2.1).
+      # Reported (recov_joint3d) but not part of the total (reference.md §2.1).
       "loss/joints3d": hand_term(outputs["joints3d"], joints3d),
   }
   ce_obj = F.cross_entropy(outputs["object_logits"], object_labels.long(), reduction="none")
-  # No zero guard here, like the reference (facts 2.2); a clip's first frame is always valid.
+  # No zero guard here, like the reference (reference.md §2.2); a clip's first frame is
+  # always valid.
   terms["loss/object"] = ((w * ce_obj.reshape(groups, -1)).sum(1) / s).mean()
   ce_act = F.cross_entropy(action_logits, action_labels.long(), reduction="none")
   terms["loss/action"] = ce_act.reshape(groups, -1).mean(1).mean()
@@ -264,24 +267,25 @@ def reference_losses(outputs, not_padding, joints25d, joints3d, object_labels, a
   return terms
 
 
-# ---- The model (facts 1.4-1.8). -----------------------------------------------------------
+# ---- The model (reference.md §1.4-1.8). ----------------------------------------------------------
 class TemporalNetRef(nn.Module):
   def __init__(self, num_joints, num_objects, num_actions, window=16, num_frames=128,
                hidden_dim=512, num_heads=8, mlp_dim=2048, num_layers=2, pose_loss="l1",
                lambda_hand_2d=1.0, lambda_hand_z=100.0, lambda_object=1.0, lambda_action=1.0):
     super().__init__()
     if hidden_dim != 512:
-      raise ValueError("hidden_dim must be 512: ResNet-18 features feed P directly (facts 0)")
+      raise ValueError(
+          "hidden_dim must be 512: ResNet-18 features feed P directly (reference.md §0)")
     if num_frames % window:
-      raise ValueError("num_frames must be a multiple of window (facts 1.4)")
+      raise ValueError("num_frames must be a multiple of window (reference.md §1.4)")
     self.num_joints, self.window, self.num_frames = num_joints, window, num_frames
     self.hidden_dim = hidden_dim
     self.pose_loss = pose_loss
     self.lambdas = dict(lambda_hand_2d=lambda_hand_2d, lambda_hand_z=lambda_hand_z,
                         lambda_object=lambda_object, lambda_action=lambda_action)
     d = hidden_dim
-    # Registration order = state_dict order (facts 5.2); action_token, a parameter of this
-    # module, comes first whatever its position here. Init N(0,1) (facts 1.8).
+    # Registration order = state_dict order (reference.md §5.2); action_token, a parameter of this
+    # module, comes first whatever its position here. Init N(0,1) (reference.md §1.8).
     self.action_token = nn.Parameter(torch.randn(1, 1, d))
     self.meshregnet = ResNetWrapper()
     self.transformer_pe = PositionalEncoding(d)
@@ -294,14 +298,14 @@ class TemporalNetRef(nn.Module):
     self.concat_to_action_input = nn.Linear(3 * d, d)
     self.transformer_action = TransformerEncoderRef(d, num_heads, mlp_dim, num_layers)
     self.action_classification = Classifier(d, num_actions)
-    for m in self.modules():  # freeze_batchnorm_stats (facts 1.1)
+    for m in self.modules():  # freeze_batchnorm_stats (reference.md §1.1)
       if isinstance(m, nn.BatchNorm2d):
         m.momentum = 0.0
     self.train()
 
   def train(self, mode=True):
     """The reference calls model.eval() even while training, so BN always normalises with
-    its running statistics (facts 1.1, 6.4); BN gamma/beta still get gradients. Dropout is
+    its running statistics (reference.md §1.1, §6.4); BN gamma/beta still get gradients. Dropout is
     0 everywhere, so BN is the only module whose mode matters."""
     super().train(mode)
     for m in self.modules():
@@ -326,7 +330,7 @@ class TemporalNetRef(nn.Module):
     features = self.meshregnet(images)  # (N, 512)
 
     # Block P over windows of t consecutive frames; positions restart at 0 per window and
-    # the first key of each window is always valid (facts 1.4).
+    # the first key of each window is always valid (reference.md §1.4).
     w = valid.reshape(n // t, t).clone()
     w[:, 0] = 1
     pose_tokens, pose_attention = self.transformer_pose(
@@ -336,11 +340,11 @@ class TemporalNetRef(nn.Module):
     raw_pose = self.image_to_hand_pose(pose_tokens).reshape(n, J, 3)  # joint-major (1.5)
     joints2d, depth, joints3d_pred = to25d(raw_pose, intrinsics, images.shape[-2:])
 
-    # Object branch: two linears, no activation; probabilities feed A (facts 1.7).
+    # Object branch: two linears, no activation; probabilities feed A (reference.md §1.7).
     object_logits = self.obj_classification(self.image_to_olabel_embed(pose_tokens))
     object_probs = object_logits.softmax(-1)
 
-    # Fusion order [g, pose, obj] (facts 1.8, 6.1); pose = raw (a, b) before x100.
+    # Fusion order [g, pose, obj] (reference.md §1.8, §6.1); pose = raw (a, b) before x100.
     fused = torch.cat([pose_tokens,
                        self.hand_pose3d_to_action_input(raw_pose[..., :2].reshape(n, 2 * J)),
                        self.olabel_to_action_input(object_probs)], dim=-1)
@@ -373,18 +377,18 @@ class TemporalNetRef(nn.Module):
     return out
 
 
-# ---- Checkpoint files in the authors' format (facts 5.1). ---------------------------------
+# ---- Checkpoint files in the authors' format (reference.md §5.1). --------------------------------
 def save_reference_checkpoint(model, path, epoch=45, include_optimizer=True,
                               module_prefix=False, nested=True):
   """Write `path` like the authors' train.py: torch.save({"epoch", "network": "HTT",
-  "state_dict", "optimizer", "scheduler"}) (facts 5.1).
+  "state_dict", "optimizer", "scheduler"}) (reference.md §5.1).
 
   optimizer: Adam(lr=3e-5) over all trainable parameters, with Adam's own state layout
   (step, exp_avg, exp_avg_sq; filled with step 1 and zero moments) for every parameter but the
   never-used fc, which a trained checkpoint has no state for. scheduler: the StepLR OBJECT
   (step_size=15.0, a float as in the reference; gamma=0.5) stepped `epoch` times; pickling it
   pickles the optimizer and its parameters too (shared storages, stored once). Read back with
-  torch.load(path, map_location="cpu", weights_only=False) (facts 6.22).
+  torch.load(path, map_location="cpu", weights_only=False) (reference.md §6.22).
   module_prefix=True prefixes every key with "module."; nested=False saves the bare
   state_dict (include_optimizer is then ignored).
   """

@@ -6,6 +6,9 @@ at the same image size. Our row's `speedup_vs_baseline` is ours per device over 
 baseline variant of the same dtype, i.e. against the strongest PyTorch setting we measured.
 The baseline has no rematerialisation; `model.remat` and `parallelism` do not change it, so one
 baseline measurement serves every row that differs only in those (a cache keyed by its spec).
+For the backbone modes (backbone.py) it is `torch_htt.ResNet18`, or that network's convolutions,
+alone on the same frames (`htt_jax/baselines/torch_backbone.py`), float32 or bfloat16 autocast;
+'backbone' reports our speed-up on forward + backward.
 """
 
 import importlib.util
@@ -16,34 +19,46 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional
 
+from htt_jax import config_lib
 from htt_jax.benchmark import flops as flops_lib
 from htt_jax.benchmark import hardware, timing
 
 BASELINES = ("none", "torch")
-BASELINE_MODES = ("train", "eval")  # The pipeline modes have no PyTorch counterpart here.
+BACKBONE_MODES = ("backbone", "conv_layers")  # backbone.py; torch_backbone.py in the subprocess.
+# The pipeline modes have no PyTorch counterpart here.
+BASELINE_MODES = ("train", "eval") + BACKBONE_MODES
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def check(config) -> None:
-  """Raises ValueError when `config.baseline` cannot run for this config."""
+def check(config, mode: str = "train") -> None:
+  """Raises ConfigError when `config.baseline` cannot run for this config in `mode`."""
   if config.baseline not in BASELINES:
-    raise ValueError(f"config.baseline={config.baseline!r} is not one of {list(BASELINES)}")
+    raise config_lib.ConfigError(
+        f"config.baseline={config.baseline!r} is not one of {list(BASELINES)}")
   if config.baseline != "torch":
     return
   if importlib.util.find_spec("torch") is None:
-    raise ValueError("config.baseline='torch' needs PyTorch: pip install -e '.[torch]'")
+    raise config_lib.ConfigError("config.baseline='torch' needs PyTorch: pip install -e '.[torch]'")
+  if mode in BACKBONE_MODES:  # ResNet-18 alone: the heads' widths do not matter.
+    return
   m = config.model
   if m.hidden_dim != 512:  # The reference feeds ResNet features straight into d-wide layers.
-    raise ValueError(f"config.baseline='torch' needs config.model.hidden_dim=512 (the reference's "
-                     f"d), not {m.hidden_dim}")
+    raise config_lib.ConfigError(f"config.baseline='torch' needs config.model.hidden_dim=512 "
+                                 f"(the reference's d), not {m.hidden_dim}")
   if m.num_layers_pose != m.num_layers_action:
-    raise ValueError("config.baseline='torch' needs config.model.num_layers_pose == "
-                     "config.model.num_layers_action (the reference has one num_layers)")
+    raise config_lib.ConfigError(
+        "config.baseline='torch' needs config.model.num_layers_pose == "
+        "config.model.num_layers_action (the reference has one num_layers)")
 
 
 def spec(config, mode: str, num_devices: int) -> Dict[str, Any]:
   """The JSON arguments of `torch_benchmark` for one of our settings."""
   m = config.model
+  if mode in BACKBONE_MODES:  # The frames of one batch on one device, as backbone.py runs them.
+    return {"mode": mode, "frames": config.batch_size * m.num_frames,
+            "image_size": list(config.dataset.image_size), "dtype": config.dtype,
+            "warmup_steps": config.warmup_steps, "timed_steps": config.timed_steps,
+            "threads": hardware.available_cpus(), "seed": config.seed}
   return {
       "mode": "eval" if mode == "eval" else "train",
       "batch_size": config.batch_size // num_devices,
@@ -78,8 +93,24 @@ def run_torch(args: Dict[str, Any], timeout_s: Optional[float] = None) -> Dict[s
       return json.load(f)
 
 
+def _attach_backbone(row: Dict[str, Any], result: Dict[str, Any]) -> None:
+  """The baseline's times beside ours; for 'backbone' also our speed-up on forward + backward."""
+  fields = {k: v for k, v in result.items() if k not in ("mode", "platform")}
+  row["baseline"] = {"implementation": "torch", **fields}
+  row["baseline_variant"] = f"eager_{row['dtype']}"
+  if row["mode"] == "backbone":
+    row["baseline_frames_per_second"] = result["frames_per_second"]
+    row["speedup_vs_baseline"] = (result["forward_backward_time_ms_median"]
+                                  / row["forward_backward_time_ms_median"])
+  else:
+    row["baseline_frames_per_second"] = row["speedup_vs_baseline"] = None
+
+
 def attach(row: Dict[str, Any], result: Dict[str, Any], config, mode: str) -> None:
   """Adds the baseline's variants (with model TFLOP/s and MFU) and our speed-up to `row`."""
+  if mode in BACKBONE_MODES:
+    _attach_backbone(row, result)
+    return
   clips = config.batch_size // row["num_devices"]
   flops_per_step = flops_lib.htt_flops_per_clip(config, train=mode != "eval") * clips
   variants = []

@@ -8,7 +8,7 @@ to its input (the images), so its backward is a weight gradient only. Rematerial
 work but does not change these *model* FLOPs (XLA's count does grow).
 """
 
-from typing import Dict, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 
 def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -37,26 +37,47 @@ def conv_flops(height: int, width: int, in_channels: int, out_channels: int, ker
   return 2 * taps * out_channels * in_channels, out_h, out_w
 
 
-def resnet18_flops(height: int, width: int, count_padding: bool = True) -> Dict[str, int]:
-  """Per-image FLOPs of the backbone: {'conv1': stem convolution, 'rest': every other conv}.
+class ConvShape(NamedTuple):
+  """One distinct convolution of ResNet-18 on one image, and how often the network applies it."""
+  name: str
+  height: int  # of its input
+  width: int
+  in_channels: int
+  out_channels: int
+  kernel: int
+  stride: int
+  padding: int
+  count: int
+
+
+def resnet18_convolutions(height: int, width: int) -> List[ConvShape]:
+  """The distinct convolutions of the backbone on an H x W image, in network order.
 
   Spatial sizes follow the reference's explicit padding (models/resnet.py): 7x7/2 pad 3, max-pool
-  3x3/2 pad 1, 3x3 pad 1, 1x1/2 shortcuts pad 0. The unused ImageNet `fc` is never applied.
+  3x3/2 pad 1, 3x3 pad 1, 1x1/2 shortcuts pad 0. Stage 1 keeps its size and width (four equal
+  3x3 convolutions, no shortcut); each later stage opens with a strided 3x3 and its 1x1 shortcut,
+  then runs three 3x3 at the new size. The unused ImageNet `fc` is never applied.
   """
-  conv = lambda *args: conv_flops(*args, count_padding=count_padding)
-  stem, h, w = conv(height, width, 3, 64, 7, 2, 3)
+  h, w = conv_output_size(height, 7, 2, 3), conv_output_size(width, 7, 2, 3)
   h, w = conv_output_size(h, 3, 2, 1), conv_output_size(w, 3, 2, 1)  # max-pool
-  rest, channels = 0, 64
-  for stage, features in enumerate((64, 128, 256, 512)):
-    for block in range(2):
-      stride = 2 if stage > 0 and block == 0 else 1
-      f1, h1, w1 = conv(h, w, channels, features, 3, stride, 1)
-      f2, _, _ = conv(h1, w1, features, features, 3, 1, 1)
-      rest += f1 + f2
-      if stride != 1 or channels != features:
-        rest += conv(h, w, channels, features, 1, stride, 0)[0]
-      h, w, channels = h1, w1, features
-  return {"conv1": stem, "rest": rest}
+  shapes = [ConvShape("stem", height, width, 3, 64, 7, 2, 3, 1),
+            ConvShape("layer1", h, w, 64, 64, 3, 1, 1, 4)]
+  channels = 64
+  for stage, features in ((2, 128), (3, 256), (4, 512)):
+    shapes += [ConvShape(f"layer{stage} 3x3/2", h, w, channels, features, 3, 2, 1, 1),
+               ConvShape(f"layer{stage} 1x1/2", h, w, channels, features, 1, 2, 0, 1)]
+    h, w = conv_output_size(h, 3, 2, 1), conv_output_size(w, 3, 2, 1)
+    shapes.append(ConvShape(f"layer{stage} 3x3", h, w, features, features, 3, 1, 1, 3))
+    channels = features
+  return shapes
+
+
+def resnet18_flops(height: int, width: int, count_padding: bool = True) -> Dict[str, int]:
+  """Per-image FLOPs of the backbone: {'conv1': stem convolution, 'rest': every other conv}."""
+  per_shape = [(c.name, c.count * conv_flops(c.height, c.width, c.in_channels, c.out_channels,
+                                             c.kernel, c.stride, c.padding, count_padding)[0])
+               for c in resnet18_convolutions(height, width)]
+  return {"conv1": per_shape[0][1], "rest": sum(f for _, f in per_shape[1:])}
 
 
 def encoder_layer_flops(length: int, dim: int, mlp_dim: int) -> int:

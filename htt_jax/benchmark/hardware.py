@@ -8,6 +8,8 @@ import platform
 import subprocess
 from typing import Dict, Optional
 
+from htt_jax import config_lib
+
 # Peak dense (no sparsity) TFLOP/s per chip or GPU, from the vendors' spec sheets. 'float32' is the
 # rate a float32 model gets by default: on NVIDIA Ampere and Hopper both XLA (default matmul
 # precision) and cuDNN convolutions (PyTorch's default allow_tf32 for cuDNN) use TF32 tensor cores,
@@ -102,7 +104,7 @@ def pin_cpus(count: int) -> int:
   if count > 0 and hasattr(os, "sched_setaffinity"):
     allowed = sorted(os.sched_getaffinity(0))
     if count > len(allowed):
-      raise ValueError(f"config.cpu_threads={count} but this process may use only "
-                       f"{len(allowed)} CPUs")
+      raise config_lib.ConfigError(f"config.cpu_threads={count} but this process may use only "
+                                   f"{len(allowed)} CPUs")
     os.sched_setaffinity(0, allowed[:count])
   return available_cpus()

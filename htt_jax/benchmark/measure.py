@@ -1,11 +1,11 @@
 """One setting, measured: our train step, forward pass, tf.data pipeline, or pipeline + train step.
 
 Everything goes through the library's own functions (`steps.create_train_state`,
-`parallel.make_jit_train_step` / `make_pmap_train_step`, `steps.eval_step`,
-`input_pipeline.train_batches`), compiled ahead of the timed loop (the compile time is measured
-apart), over the first `num_devices` devices. The batch of 'train' and 'eval' is random and already
-on the devices, so those modes time the step alone; 'end_to_end' adds reading, decoding,
-augmenting and transferring each batch. TensorFlow is imported only by the modes that read data.
+`parallel.make_train_step`, evaluation's `parallel.Forward`, `input_pipeline.train_batches`),
+compiled ahead of the timed loop (the compile time is measured apart), over the first
+`num_devices` devices. The batch of 'train' and 'eval' is random and already on the devices, so
+those modes time the step alone; 'end_to_end' adds reading, decoding, augmenting and transferring
+each batch. TensorFlow is imported only by the modes that read data.
 """
 
 import json
@@ -43,7 +43,7 @@ def random_batch(config, batch_size: int, seed: int = 0) -> Dict[str, np.ndarray
       "action": rng.integers(0, config.model.num_actions, (batch_size,), dtype=np.int32),
   }
   if config.dataset.get("augment", {}).get("on_device", False):
-    # The reader's params for the step's own augmentation (device_augment.py): blur radii below
+    # The reader's params for the step's own augmentation (augment/device.py): blur radii below
     # 0.5 give 3 taps (fw, ww, fw), ww = trunc(2^24 / (2 r + 1)).
     ww = rng.integers(2**23, 2**24, (batch_size, frames), dtype=np.int64)
     fw = (2**24 - ww) // 2
@@ -65,10 +65,11 @@ def resolve_devices(num_devices: int) -> List[jax.Device]:
   if num_devices == 0:
     return available
   if num_devices < 0 or num_devices > len(available):
-    raise ValueError(f"config.num_devices={num_devices}: there are {len(available)} devices "
-                     "(0 uses all)")
+    raise config_lib.ConfigError(f"config.num_devices={num_devices}: there are "
+                                 f"{len(available)} devices (0 uses all)")
   if jax.process_count() > 1 and num_devices != len(available):
-    raise ValueError("config.num_devices must be 0 (all devices) with several processes")
+    raise config_lib.ConfigError(
+        "config.num_devices must be 0 (all devices) with several processes")
   return available[:num_devices]
 
 
@@ -146,41 +147,36 @@ def initial_state(config):
 
 
 class _Program:
-  """A compiled step over `devices`, the state it carries, and how a host batch gets there."""
+  """A compiled step over `devices`, what it carries, and how a host batch gets there: the
+  training loop's step (`parallel.make_train_step`) or evaluation's forward (`parallel.Forward`)."""
 
   def __init__(self, config, devices, train: bool):
     self.config, self.devices, self.train = config, devices, train
     self.mesh = parallel.create_mesh(devices)
     self.pmap = config.parallelism == "pmap"
-    # pmap takes the state un-replicated (it broadcasts it), as in the training loop.
-    placement = devices[0] if self.pmap else parallel.replicated(self.mesh)
     state = initial_state(config)
-    if not train:  # The forward pass reads parameters and statistics only.
-      state = state.replace(opt_state=None)
-    with jax.set_mesh(self.mesh):
-      self.state = jax.device_put(state, placement)
     if train:
-      self.fn = (parallel.make_pmap_train_step(config) if self.pmap
-                 else parallel.make_jit_train_step(config, self.mesh))
-    else:
-      forward = steps.eval_step  # No config: the forward pass without the losses.
-      self.fn = (jax.pmap(forward, axis_name=parallel.DATA_AXIS, in_axes=(None, 0)) if self.pmap
-                 else jax.jit(forward, in_shardings=(parallel.replicated(self.mesh),
-                                                     parallel.data_sharded(self.mesh)),
-                              out_shardings=parallel.data_sharded(self.mesh)))
+      self.fn, self._to_device = parallel.make_train_step(config, self.mesh)
+      # pmap takes the state un-replicated (it broadcasts it), as in the training loop.
+      placement = devices[0] if self.pmap else parallel.replicated(self.mesh)
+      with jax.set_mesh(self.mesh):
+        self.state = jax.device_put(state, placement)
+    else:  # The forward pass reads parameters and statistics only.
+      forward = parallel.Forward(config, self.mesh, batch_size=config.batch_size)
+      self.fn, self._to_device = forward.step, forward.to_device
+      self.state = forward.place({"params": state.params, "batch_stats": state.batch_stats})
     self.compiled = None
     self.lower_s = self.compile_s = None
 
   def to_device(self, host_batch):
-    """This process's clips -> the step's input, as the training loop makes it."""
+    """This process's clips -> the step's input, as the training loop (or evaluation) makes it."""
     with jax.set_mesh(self.mesh):
-      if self.pmap:  # (local devices, clips per device, ...)
-        split = parallel.split_for_pmap(host_batch, jax.local_device_count() if
-                                        jax.process_count() > 1 else len(self.devices))
-        if jax.process_count() > 1:
-          return split  # pmap copies it to the local devices, as in the training loop.
-        return jax.device_put(split, parallel.data_sharded(self.mesh))  # Placed ahead: no copy.
-      return parallel.global_batch(host_batch, self.mesh)
+      batch = self._to_device(host_batch)
+      if self.pmap and jax.process_count() == 1:
+        # Placed ahead, so the timed step copies nothing; with several processes pmap copies it
+        # to the local devices, as in the training loop.
+        return jax.device_put(batch, parallel.data_sharded(self.mesh))
+      return batch
 
   def compile(self, batch) -> None:
     with jax.set_mesh(self.mesh):
@@ -198,8 +194,9 @@ class _Program:
 
 def _input_batches(config):
   if not config.dataset.data_dir:
-    raise ValueError("this mode reads TFRecords: set --config.dataset.data_dir=DIR (made by "
-                     "scripts/prepare_data.py with the config's image size, T and t)")
+    raise config_lib.ConfigError(
+        "this mode reads TFRecords: set --config.dataset.data_dir=DIR (made by "
+        "scripts/prepare_data.py with the config's image size, T and t)")
   from htt_jax import input_pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
   return input_pipeline.train_batches(config)
 
@@ -207,7 +204,7 @@ def _input_batches(config):
 def measure(config, mode: str) -> Dict[str, Any]:
   """Measures one (already validated) setting; returns its row without the shared fields."""
   if mode not in MODES:
-    raise ValueError(f"--mode={mode!r} is not one of {list(MODES)}")
+    raise config_lib.ConfigError(f"--mode={mode!r} is not one of {list(MODES)}")
   devices = resolve_devices(config.num_devices)
   n = len(devices)
   config_lib.validate_config(config, num_devices=n)

@@ -2,8 +2,9 @@
 
 import collections
 import json
-import os
 from typing import Any, Dict, List, Sequence, Tuple
+
+from htt_jax import storage
 
 
 def output_paths(output: str) -> Tuple[str, str, str]:
@@ -12,16 +13,8 @@ def output_paths(output: str) -> Tuple[str, str, str]:
   return stem + ".json", stem + ".md", stem + ".png"
 
 
-def _write_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_json(rows: Sequence[Dict[str, Any]], path: str) -> None:
-  _write_atomic(path, json.dumps(list(rows), indent=1) + "\n")
+  storage.write_text(path, json.dumps(list(rows), indent=1) + "\n")
 
 
 def _fmt(value, digits: int = 1, scale: float = 1.0) -> str:
@@ -57,22 +50,92 @@ _COLUMNS = (
 )
 
 
+_TITLES = {"backbone": "ResNet-18 alone", "conv_layers": "ResNet-18's convolutions alone"}
+
+# --mode=backbone: ResNet-18 alone, ours and PyTorch's times side by side.
+_CELL = dict(_COLUMNS)
+_BACKBONE_COLUMNS = (
+    ("setting", _CELL["setting"]),
+    ("frames", lambda r: str(r["frames"])),
+    ("H x W", _CELL["H x W"]),
+    ("dtype", _CELL["dtype"]),
+    ("forward ms", lambda r: _fmt(r["forward_time_ms_median"])),
+    ("forward+backward ms (median / p90)", _CELL["step ms (median / p90)"]),
+    ("backward ms", lambda r: _fmt(r["backward_time_ms_median"])),
+    ("frames/s", _CELL["frames/s"]),
+    ("compile s", _CELL["compile s"]),
+    ("TFLOP/s", lambda r: _fmt(r.get("model_tflops_per_second"), 3)),
+    ("MFU", _CELL["MFU"]),
+    ("PyTorch forward / forward+backward / backward ms",
+     lambda r: " / ".join(_fmt((r.get("baseline") or {}).get(f"{part}_time_ms_median"))
+                          for part in ("forward", "forward_backward", "backward"))),
+    ("ours/baseline", _CELL["ours/baseline"]),
+)
+
+_GRADIENTS = ("forward", "dgrad", "wgrad")
+
+
+def _conv_layer_table(rows: Sequence[Dict[str, Any]]) -> List[str]:
+  """--mode=conv_layers: a line per convolution (and implementation) of every setting."""
+  lines = ["| setting | layer | count | input H x W | channels | kernel/stride | ours | "
+           "forward ms | dgrad ms | wgrad ms | PyTorch forward / dgrad / wgrad ms |",
+           "|" + "---|" * 11]
+  for row in rows:
+    theirs = {layer["layer"]: layer for layer in (row.get("baseline") or {}).get("layers", ())}
+    for layer in row["layers"]:
+      torch_ms = theirs.get(layer["layer"], {})
+      lines.append("| " + " | ".join([
+          row["setting"], layer["layer"], str(layer["count"]),
+          "x".join(map(str, layer["input_size"])),
+          f"{layer['in_channels']}->{layer['out_channels']}",
+          f"{layer['kernel']}/{layer['stride']}", layer["implementation"],
+          *(_fmt(layer[f"{g}_ms_median"], 2) for g in _GRADIENTS),
+          " / ".join(_fmt(torch_ms.get(f"{g}_ms_median"), 2) for g in _GRADIENTS)]) + " |")
+  return lines
+
+
+def summary(row: Dict[str, Any]) -> str:
+  """What scripts/benchmark.py prints for a measured row (several lines for conv_layers)."""
+  if row["mode"] == "conv_layers":
+    theirs = {layer["layer"]: layer for layer in (row.get("baseline") or {}).get("layers", ())}
+    lines = [f"{row['setting']}: {row['frames']} frames, ms per call (forward, dgrad, wgrad)"]
+    for layer in row["layers"]:
+      times = lambda entry: ", ".join(_fmt(entry.get(f"{g}_ms_median"), 2) for g in _GRADIENTS)
+      text = f"  {layer['layer']:14s} x{layer['count']} {layer['implementation']:8s} {times(layer)}"
+      if layer["layer"] in theirs and layer["implementation"] == "lax":
+        text += f"; PyTorch {times(theirs[layer['layer']])}"
+      lines.append(text)
+    return "\n".join(lines)
+  text = (f"{row['setting']}: {row['frames_per_second']:.1f} frames/s, median step "
+          f"{row['step_time_ms_median']:.1f} ms")
+  if row["mode"] == "backbone":
+    text += (f" (forward {row['forward_time_ms_median']:.1f} ms, backward "
+             f"{row['backward_time_ms_median']:.1f} ms)")
+  if row.get("speedup_vs_baseline"):
+    text += f", {row['speedup_vs_baseline']:.2f}x the PyTorch baseline"
+  return text
+
+
 def markdown(rows: Sequence[Dict[str, Any]]) -> str:
   """A table of the rows, under a header naming the machine, versions, commit and date."""
   lines = []
+  mode = rows[0]["mode"] if rows else "train"
   if rows:
     first = rows[0]
     versions = ", ".join(f"{k} {v}" for k, v in first["versions"].items() if v)
-    lines += [f"# HTT throughput: {first['device_kind']} ({first['platform']}), "
+    lines += [f"# {_TITLES.get(mode, 'HTT throughput')}: {first['device_kind']} ({first['platform']}), "
               f"{first['cpu_threads']} CPU threads", "",
               f"{first['timestamp']}; commit {first['git_commit'] or 'unknown'}; {versions}.",
               f"Timing: {first['warmup_steps']} warm-up steps, then the median and 90th "
               "percentile of the timed steps; throughput from the median step.", ""]
-  lines.append("| " + " | ".join(name for name, _ in _COLUMNS) + " |")
-  lines.append("|" + "---|" * len(_COLUMNS))
+  if mode == "conv_layers":
+    return "\n".join(lines + _conv_layer_table(rows)) + "\n"
+  columns = _BACKBONE_COLUMNS if mode == "backbone" else _COLUMNS
+  lines.append("| " + " | ".join(name for name, _ in columns) + " |")
+  lines.append("|" + "---|" * len(columns))
   for row in rows:
-    lines.append("| " + " | ".join(cell(row) for _, cell in _COLUMNS) + " |")
-  if any(row["platform"] == "gpu" for row in rows):
+    lines.append("| " + " | ".join(cell(row) for _, cell in columns) + " |")
+  if mode != "backbone" and any(row["platform"] == "gpu" for row in rows):
     # Seen with jax 0.11.2 on an H100: 0.1-0.3 GFLOP/frame against 28 for the model.
     lines += ["", "On GPUs XLA's cost analysis leaves out the convolutions, which run as cuDNN "
               "custom calls, so its FLOP column is far below the model's; TFLOP/s and MFU use "
@@ -87,16 +150,34 @@ def _series_name(row: Dict[str, Any]) -> str:
   return ", ".join(f"{k}={v}" for k, v in parts.items())
 
 
-def plot(rows: Sequence[Dict[str, Any]], path: str) -> None:
-  """Frames/s (all devices) against batch size, one line per other setting; baselines dashed."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+def _plot_conv_layers(rows: Sequence[Dict[str, Any]], ax) -> None:
+  """Each convolution's share of a training step: count x (forward + dgrad + wgrad), as bars
+  (the stem's dgrad left out: the images need no gradient)."""
+  bars = collections.defaultdict(dict)  # implementation -> {label: ms}
+  for row in rows:
+    prefix = f"{row['setting']}: " if len(rows) > 1 else ""
+    entries = [dict(e, implementation=f"ours ({e['implementation']})") for e in row["layers"]]
+    counts = {e["layer"]: e["count"] for e in row["layers"]}
+    entries += [dict(e, implementation="PyTorch")
+                for e in (row.get("baseline") or {}).get("layers", ())]
+    for entry in entries:
+      needed = _GRADIENTS if entry["layer"] != "stem" else ("forward", "wgrad")
+      bars[entry["implementation"]][prefix + entry["layer"]] = counts[entry["layer"]] * sum(
+          entry[f"{g}_ms_median"] for g in needed)
+  labels = list(dict.fromkeys(label for series in bars.values() for label in series))
+  height = 0.8 / max(1, len(bars))
+  for i, (name, series) in enumerate(bars.items()):
+    ys = [j + i * height for j, label in enumerate(labels) if label in series]
+    ax.barh(ys, [series[label] for label in labels if label in series], height, label=name)
+  ax.set_yticks([j + 0.4 - height / 2 for j in range(len(labels))], labels, fontsize=7)
+  ax.invert_yaxis()
+  ax.set_xlabel("ms per training step: count x (forward + dgrad + wgrad)")
 
+
+def _plot_throughput(rows: Sequence[Dict[str, Any]], ax) -> None:
   series = collections.defaultdict(list)
   for row in rows:
     series[_series_name(row)].append(row)
-  fig, ax = plt.subplots(figsize=(7, 4.5))
   for name, group in series.items():
     group = sorted(group, key=lambda r: r["batch_size"])
     x = [r["batch_size"] for r in group]
@@ -110,13 +191,26 @@ def plot(rows: Sequence[Dict[str, Any]], path: str) -> None:
   ax.set_xlabel("batch size (clips per step, all devices)")
   ax.set_ylabel("frames / s")
   if rows:
-    ax.set_title(f"HTT throughput on {rows[0]['device_kind']}", fontsize=10)
     ax.set_xticks(sorted({r["batch_size"] for r in rows}))
-  ax.grid(True, alpha=0.3)
   ax.set_ylim(bottom=0)
+
+
+def plot(rows: Sequence[Dict[str, Any]], path: str) -> None:
+  """Frames/s (all devices) against batch size, one line per other setting; baselines dashed.
+  For --mode=conv_layers, each convolution's time as bars, ours and PyTorch's."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  mode = rows[0]["mode"] if rows else "train"
+  fig, ax = plt.subplots(figsize=(7, 5 if mode == "conv_layers" else 4.5))
+  (_plot_conv_layers if mode == "conv_layers" else _plot_throughput)(rows, ax)
+  if rows:
+    ax.set_title(f"{_TITLES.get(mode, 'HTT throughput')} on {rows[0]['device_kind']}", fontsize=10)
+  ax.grid(True, alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  storage.save_figure(path, fig, dpi=100)
   plt.close(fig)
 
 
@@ -124,6 +218,6 @@ def write_all(rows: List[Dict[str, Any]], output: str) -> Tuple[str, str, str]:
   """Writes F.json, F.md and F.png; returns their paths."""
   json_path, md_path, png_path = output_paths(output)
   write_json(rows, json_path)
-  _write_atomic(md_path, markdown(rows))
+  storage.write_text(md_path, markdown(rows))
   plot(rows, png_path)
   return json_path, md_path, png_path

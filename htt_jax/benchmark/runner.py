@@ -18,9 +18,9 @@ import jax
 from absl import logging
 
 from htt_jax import config_lib
-from htt_jax.benchmark import baseline, hardware, measure, report, sweep
+from htt_jax.benchmark import backbone, baseline, hardware, measure, report, sweep
 
-MODES = measure.MODES
+MODES = measure.MODES + backbone.MODES
 
 
 def _describe(config) -> Dict[str, Any]:
@@ -30,13 +30,13 @@ def _describe(config) -> Dict[str, Any]:
           "dtype": config.dtype, "parallelism": config.parallelism, "remat": bool(m.remat)}
 
 
-def prepare(config, overrides: Dict[str, Any]):
+def prepare(config, overrides: Dict[str, Any], mode: str = "train"):
   """The config of one setting, validated (for its device count) before anything is compiled."""
   config = sweep.apply(config, overrides)
   config.eval_batch_size = config.batch_size  # 'eval' runs the forward pass on batch_size clips.
   devices = measure.resolve_devices(config.num_devices)
   config_lib.validate_config(config, num_devices=len(devices))
-  baseline.check(config)
+  baseline.check(config, mode)
   return config
 
 
@@ -53,11 +53,11 @@ def _versions(rows_baseline: Optional[Dict[str, Any]]) -> Dict[str, Optional[str
 def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[str, Any]]:
   """Measures each setting in `mode`; writes F.json, F.md and F.png when `output` is given."""
   if mode not in MODES:
-    raise ValueError(f"--mode={mode!r} is not one of {list(MODES)}")
-  baseline.check(config)
+    raise config_lib.ConfigError(f"--mode={mode!r} is not one of {list(MODES)}")
+  baseline.check(config, mode)
   cpu_threads = hardware.pin_cpus(config.cpu_threads)
-  settings = [(o, prepare(config, o)) for o in sweep.settings(config.sweep)]
-  # XLA_FLAGS as JAX read them (cpu_flags.py: the YNNPACK fusions change CPU step times by ~8%).
+  settings = [(o, prepare(config, o, mode)) for o in sweep.settings(config.sweep)]
+  # XLA_FLAGS as JAX read them: the YNNPACK fusions change CPU step times (cpu_flags.py).
   common = {"cpu_threads": cpu_threads, "git_commit": hardware.git_commit(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -73,7 +73,7 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
                  sweep.label(overrides))
     row = {"mode": mode, "setting": sweep.label(overrides), "overrides": overrides,
            **_describe(setting)}
-    row.update(measure.measure(setting, mode))
+    row.update((backbone if mode in backbone.MODES else measure).measure(setting, mode))
     result = None
     if setting.baseline == "torch" and mode in baseline.BASELINE_MODES:
       result = baselines(setting, mode, row["num_devices"])
@@ -83,8 +83,7 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
                  speedup_vs_baseline=None)
     row.update(common, versions=_versions(result))
     rows.append(row)
-    logging.info("%s: %.1f frames/s (median step %.1f ms)", row["setting"],
-                 row["frames_per_second"], row["step_time_ms_median"])
+    logging.info("%s", report.summary(row))
     if json_path:
       report.write_json(rows, json_path)
     gc.collect()  # Drop the last setting's device buffers before the next is compiled.

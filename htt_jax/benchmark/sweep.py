@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Tuple
 
 import ml_collections
 
+from htt_jax import config_lib
+
 
 def _split_top_level(text: str, separator: str) -> List[str]:
   parts, depth, current = [], 0, []
@@ -47,9 +49,10 @@ def parse_sweep(spec: str) -> List[Tuple[str, List[Any]]]:
     key, sep, values = part.partition("=")
     key = key.strip()
     if not sep or not key or not values.strip():
-      raise ValueError(f"config.sweep: {part!r} is not of the form key=value1,value2,...")
+      raise config_lib.ConfigError(
+          f"config.sweep: {part!r} is not of the form key=value1,value2,...")
     if key in (k for k, _ in axes):
-      raise ValueError(f"config.sweep names {key!r} twice")
+      raise config_lib.ConfigError(f"config.sweep names {key!r} twice")
     axes.append((key, [_value(v) for v in _split_top_level(values, ",") if v]))
   return axes
 
@@ -63,7 +66,7 @@ def settings(spec: str) -> List[Dict[str, Any]]:
 
 def apply(config: ml_collections.ConfigDict,
           overrides: Dict[str, Any]) -> ml_collections.ConfigDict:
-  """A copy of `config` with dotted keys set; unknown keys and wrong types raise ValueError."""
+  """A copy of `config` with dotted keys set; unknown keys and wrong types raise ConfigError."""
   config = copy.deepcopy(config)
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
@@ -75,9 +78,9 @@ def apply(config: ml_collections.ConfigDict,
         raise KeyError(leaf)
       node[leaf] = value
     except (KeyError, AttributeError) as e:
-      raise ValueError(f"config.sweep: {key!r} is not a config key") from e
+      raise config_lib.ConfigError(f"config.sweep: {key!r} is not a config key") from e
     except TypeError as e:
-      raise ValueError(f"config.sweep: {key}={value!r} has the wrong type ({e})") from e
+      raise config_lib.ConfigError(f"config.sweep: {key}={value!r} has the wrong type ({e})") from e
   return config
 
 

@@ -9,6 +9,8 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from htt_jax import config_lib
+
 
 def time_steps(step: Callable[[], None], warmup: int, steps: int) -> List[float]:
   """Runs `step` warmup times untimed, then `steps` times; returns each timed step's seconds.
@@ -16,7 +18,7 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> List[float]
   `step` must block until its work is done.
   """
   if steps < 1:
-    raise ValueError(f"config.timed_steps={steps} must be at least 1")
+    raise config_lib.ConfigError(f"config.timed_steps={steps} must be at least 1")
   for _ in range(warmup):
     step()
   times = []
@@ -25,6 +27,11 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> List[float]
     step()
     times.append(time.perf_counter() - start)
   return times
+
+
+def median_ms(step: Callable[[], None], warmup: int, steps: int) -> float:
+  """The median of `time_steps`, in milliseconds: one figure for a call timed alone."""
+  return 1e3 * float(np.median(time_steps(step, warmup, steps)))
 
 
 def summarize(times: List[float], frames_per_step: int, clips_per_step: int,
