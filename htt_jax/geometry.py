@@ -1,4 +1,5 @@
-"""Camera geometry: the reference's 2.5D -> 3D recovery (facts 1.6) and pinhole projection."""
+"""Camera geometry: the reference's 2.5D -> 3D recovery (reference.md §1.6) and
+pinhole projection."""
 
 import jax.numpy as jnp
 
@@ -18,7 +19,7 @@ def to_25d(raw_pose, intrinsics, image_size, trans_factor=TRANS_FACTOR, scale_fa
     image_size: (H, W) of the network's input; the 2D offsets are relative to its centre.
   Returns:
     joints2d (..., J, 2) px, depth (..., J) m, joints3d (..., J, 3) m.
-  The reference back-projects Y with fx, not fy (facts 6.6); so do we.
+  The reference back-projects Y with fx, not fy (reference.md §6.6); so do we.
   """
   height, width = image_size
   a, b, s = raw_pose[..., 0], raw_pose[..., 1], raw_pose[..., 2]

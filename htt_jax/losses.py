@@ -1,4 +1,4 @@
-"""The reference's losses (facts 2.1-2.4, decisions 6.8-6.9).
+"""The reference's losses (reference.md §2.1-2.4, §6.8-6.9).
 
 total = lambda_2d * L_2d + lambda_z * L_z + lambda_object * L_object + lambda_action * L_action,
 with L_2d in pixels (mean over the 2J coordinates of valid frames), L_z in metres (mean over J),
@@ -12,10 +12,11 @@ Normalisation (`config.loss_normalization`):
            as the paper's 2-GPU DataParallel run (one clip per GPU) optimised.
 
 Hands without annotation (H2O's flag 0, `batch['hand_valid']` (B, T, K) = 0): their joints are
-left out of the pose terms (decision 12; the reference would divide by their zero depth). A frame's
-pose error is the mean over its annotated hands' joints, and a frame with no annotated hand has no
-weight in the pose terms (it still counts for the object term). With every hand annotated (FPHA,
-synthetic, and any batch without `hand_valid`) this is exactly the reference's mean over all J.
+left out of the pose terms (reference.md §6.12; the reference would divide by their zero depth). A
+frame's pose error is the mean over its annotated hands' joints, and a frame with no annotated hand
+has no weight in the pose terms (it still counts for the object term). With every hand annotated
+(FPHA, synthetic, and any batch without `hand_valid`) this is exactly the reference's mean over
+all J.
 
 Data parallelism: with `axis_name` (inside pmap/shard_map) every returned term is this device's
 share, so that the sum of the shares over devices is the global loss; `train_step` differentiates

@@ -1,4 +1,4 @@
-"""The paper's evaluation metrics, as the reference computes them (facts 4).
+"""The paper's evaluation metrics, as the reference computes them (reference.md §4).
 
 Pose: per joint, the Euclidean error of every valid frame; MEPE = mean error (mm); PCK(th) = fraction
 of errors <= th; AUC = trapezoid(PCK, th) / (th_max - th_min); reported numbers are means over joints.
@@ -6,7 +6,7 @@ Camera space uses all joints of a hand; root-aligned ('_ra', the reference's '*_
 wrist from prediction and ground truth separately and excludes the wrist. H2O is evaluated per hand
 (joints 0-20 left, 21-41 right), each aligned to its own wrist.
 Actions: per video, the softmax vectors of its clips are summed and the argmax is the prediction
-(a soft vote, facts 6.18); accuracy = correct videos / videos.
+(a soft vote, reference.md §6.18); accuracy = correct videos / videos.
 """
 
 from typing import Dict, Optional, Sequence, Tuple

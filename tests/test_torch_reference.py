@@ -1,5 +1,5 @@
 """Checks the PyTorch reference (htt_jax/baselines/torch_htt.py) against the independent numbers of
-reference/htt_facts.md (sections 1, 2, 5). Skipped when torch is not installed."""
+docs/reference.md (sections 1, 2, 5). Skipped when torch is not installed."""
 import copy
 import math
 
@@ -24,7 +24,7 @@ def fpha_model():
 
 
 def expected_state_dict(num_joints, num_objects, num_actions):
-  """Facts 5.2, written out from its 'exact expanded order' paragraph."""
+  """reference.md §5.2, written out from its 'exact expanded order' paragraph."""
   f32, i64 = torch.float32, torch.int64
   entries = [("action_token", (1, 1, 512), f32)]
   base = "meshregnet.base_net."
@@ -88,7 +88,7 @@ def test_state_dict_matches_facts(fpha_model):
 
 
 def test_parameter_counts(fpha_model):
-  # Facts 1.9 (FPHA heads); pe is a buffer, not a parameter.
+  # reference.md §1.9 (FPHA heads); pe is a buffer, not a parameter.
   want = dict(meshregnet=11_689_512, transformer_pose=6_305_792, transformer_action=6_305_792,
               image_to_hand_pose=557_631, image_to_olabel_embed=262_656,
               obj_classification=13_338, hand_pose3d_to_action_input=22_016,
@@ -114,7 +114,7 @@ def test_positional_encoding_values(fpha_model):
 
 
 def test_to25d_verified_examples():
-  # Facts 1.6 examples with the FPHA intrinsics of facts 3.1 (480x270 input).
+  # reference.md §1.6 examples with the FPHA intrinsics of reference.md §3.1 (480x270 input).
   k = torch.tensor([[348.93726, 0.0, 233.93314], [0.0, 348.93732, 135.17026], [0.0, 0.0, 1.0]])
   raw = torch.tensor([[[0.0, 0.0, 0.0], [1.0, -0.5, 10.0]]])
   j2d, depth, j3d = ref.to25d(raw, k[None], (270, 480))
@@ -122,7 +122,7 @@ def test_to25d_verified_examples():
   np.testing.assert_allclose(depth[0].numpy(), [0.4, 0.748937], atol=1e-6)
   np.testing.assert_allclose(j3d[0].numpy(), [[0.0069547, -0.0001952, 0.4],
                                               [0.2276553, -0.1076823, 0.748937]], atol=1e-6)
-  # fy is never used (facts 6.6).
+  # fy is never used (reference.md §6.6).
   k2 = k.clone()
   k2[1, 1] = 1.0
   assert torch.equal(ref.to25d(raw, k2[None], (270, 480))[2], j3d)
@@ -144,7 +144,7 @@ def test_initialisation(fpha_model):
       assert layer.linear1.bias.abs().max() <= 1 / math.sqrt(512)
       assert layer.linear2.bias.abs().max() <= 1 / math.sqrt(2048)
       assert torch.all(layer.norm1.weight == 1) and not layer.norm1.bias.any()
-    # Layers are deep copies made before the xavier re-init (facts 1.3).
+    # Layers are deep copies made before the xavier re-init (reference.md §1.3).
     assert torch.equal(layers[0].linear1.bias, layers[1].linear1.bias)
     assert not torch.equal(layers[0].linear1.weight, layers[1].linear1.weight)
   tok = fpha_model.action_token.detach()
@@ -158,7 +158,7 @@ def test_initialisation(fpha_model):
 
 
 def test_encoder_matches_facts_formula(fpha_model):
-  """Facts 1.3 written out in float64: pre-norm, PE on q/k only, fused in_proj rows q|k|v,
+  """reference.md §1.3 written out in float64: pre-norm, PE on q/k only, fused in_proj rows q|k|v,
   8 contiguous heads of 64, scores / 8, True = ignored key, final LN."""
   enc = copy.deepcopy(fpha_model.transformer_action)
   g = torch.Generator().manual_seed(1)
@@ -198,7 +198,7 @@ def test_encoder_matches_facts_formula(fpha_model):
 def test_resnet_map_size_full_resolution(fpha_model):
   with torch.no_grad():
     pooled, fmap = fpha_model.meshregnet.base_net(torch.zeros(1, 3, 270, 480))
-  assert fmap.shape == (1, 512, 9, 15) and pooled.shape == (1, 512)  # facts 1.1
+  assert fmap.shape == (1, 512, 9, 15) and pooled.shape == (1, 512)  # reference.md §1.1
   torch.testing.assert_close(pooled, fmap.mean(dim=(2, 3)))
 
 
@@ -256,8 +256,8 @@ def test_tiny_forward_shapes_and_finite(fpha_model, train_step_outputs):
 
 
 def test_heads_wiring_matches_facts(fpha_model, train_step_outputs):
-  """Facts 1.5-1.8 from the returned intermediates: joint-major pose, To25D on the image size,
-  linear object head, fusion columns [g | pose (a, b pairs) | object probs]."""
+  """reference.md §1.5-1.8 from the returned intermediates: joint-major pose, To25D on the image
+  size, linear object head, fusion columns [g | pose (a, b pairs) | object probs]."""
   out = {k: v.detach() for k, v in train_step_outputs[0].items()}
   m, n = fpha_model, T_SMALL
   g, raw = out["pose_tokens"], out["raw_pose"]
@@ -281,14 +281,14 @@ def test_heads_wiring_matches_facts(fpha_model, train_step_outputs):
     torch.testing.assert_close(out["action_inputs"][0], fused, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["action_logits"],
                                m.action_classification.classifier(out["action_tokens"][:, 0]))
-    # P: windows of 16, positions 0..15, first key forced valid (facts 1.4).
+    # P: windows of 16, positions 0..15, first key forced valid (reference.md §1.4).
     pmask = torch.ones(2, 16, dtype=torch.bool)
     pmask[0, :N_VALID] = False
     pmask[:, 0] = False
     p_out, _ = m.transformer_pose(out["features"].reshape(2, 16, 512),
                                   m.transformer_pe.pe[:, :16], pmask)
     torch.testing.assert_close(p_out.reshape(n, 512), g, rtol=1e-5, atol=1e-5)
-    # A: action token at position 0, frames at 1..T, padded frames masked (facts 1.8).
+    # A: action token at position 0, frames at 1..T, padded frames masked (reference.md §1.8).
     tokens = torch.cat([m.action_token, out["action_inputs"]], 1)
     amask = torch.arange(n + 1)[None] > N_VALID
     a_out, _ = m.transformer_action(tokens, m.transformer_pe.pe[:, :n + 1], amask)
@@ -304,7 +304,7 @@ def test_bn_stays_in_eval_mode(fpha_model, train_step_outputs):
     if "running_" in k or "num_batches_tracked" in k:
       assert torch.equal(v, after[k]), k
   net = fpha_model.meshregnet.base_net
-  assert net.fc.weight.grad is None  # the unused ImageNet head (facts 1.1)
+  assert net.fc.weight.grad is None  # the unused ImageNet head (reference.md §1.1)
   assert net.bn1.weight.grad is not None and net.layer4[1].bn2.bias.grad is not None
   assert fpha_model.action_token.grad is not None
 
@@ -337,7 +337,7 @@ def synthetic_outputs(not_padding, j=3, n_o=5, n_a=4, seed=0):
 
 
 def manual_terms(out, labels, w, pose_loss="l1"):
-  """Facts 2.1-2.3 formulas written out in numpy (one normalisation group)."""
+  """reference.md §2.1-2.3 formulas written out in numpy (one normalisation group)."""
   e = (lambda x: np.abs(x)) if pose_loss == "l1" else (lambda x: x ** 2)
   w = np.asarray(w, np.float64)
   s = max(w.sum(), 1.0)
@@ -376,7 +376,7 @@ def test_loss_normalisation(pose_loss):
              + 0.5 * terms["loss/object"] + 3 * terms["loss/action"])
     torch.testing.assert_close(terms["loss/total"], total)
     assert all(v.shape == () for v in terms.values())
-  # S == 0 -> 1 guard for the hand terms (facts 2.1).
+  # S == 0 -> 1 guard for the hand terms (reference.md §2.1).
   zero = ref.reference_losses(out, torch.zeros(8, dtype=torch.float64), **labels)
   assert zero["loss/joints2d"] == 0 and zero["loss/depth"] == 0
 
