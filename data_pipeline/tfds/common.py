@@ -245,7 +245,7 @@ class WindowedVideoBuilder(tfds.core.GeneratorBasedBuilder):
         import apache_beam  # pylint: disable=g-import-not-at-top,unused-import
       except ImportError:
         raise ImportError("Beam generation was requested but apache_beam is not installed "
-                          "(see README, 'TFDS builders')") from None
+                          "(pip install -e '.[beam]'; docs/data.md, 'TFDS builders')") from None
       if download_config.nondeterministic_order:
         # With Beam that writer ignores keys; the readers need the reference's order.
         raise ValueError(f"{self.name}: --nondeterministic_order would lose the order of the "
