@@ -5,7 +5,8 @@ training reader's own pieces (schema.parse_record, decode_images, cut_clip), so 
 and checks read is cut exactly as what training reads. Each record (window) is decoded once and
 all of its clips are cut from the decoded frames: a window's t training clips share almost all
 frames. `mean_joints3d` averages a split's stored poses (evaluation's mean-pose baseline) without
-decoding a single image.
+decoding a single image. Both check the shards when called (schema.shard_paths) and turn a
+record TF cannot read or decode into a schema.DataError naming the shard and record.
 """
 
 from typing import Any, Dict, Iterator, List
@@ -42,7 +43,7 @@ def mean_joints3d(data_dir: str, split: str) -> np.ndarray:
   files = schema.shard_paths(data_dir, split, manifest)
   total, count = 0.0, 0
   joints = _read(files, lambda s: schema.parse_record(s)["joints3d"])
-  for frames in joints.as_numpy_iterator():
+  for frames in schema.Checked(joints.as_numpy_iterator(), files, shards=manifest["shards"]):
     total = total + frames.sum(axis=0)
     count += frames.shape[0]
   if not count:
@@ -90,17 +91,19 @@ def read_clips(output_dir: str, split: str,
   manifest = schema.load_manifest(output_dir, split)
   height, width = manifest["image_size"]
   files = schema.shard_paths(output_dir, split, manifest)
-  return _iterate(files, height, width, manifest["num_frames"], all_train_offsets)
+  return _iterate(files, height, width, manifest["num_frames"], all_train_offsets,
+                  manifest["shards"])
 
 
-def _iterate(files, height, width, num_frames, all_train_offsets):
+def _iterate(files, height, width, num_frames, all_train_offsets, shards):
   """The clips of the shards `files`, in order (the generator behind read_clips)."""
   # Videos are contiguous in the shards and windows block-major, so one block's windows (one per
   # parity) are consecutive records: buffer just those to interleave their starts.
   group, key = [], None
   if not files:
     return
-  for record in _records(files, height, width):
+  for record in schema.Checked(iter(_records(files, height, width)), files, (height, width),
+                               shards):
     record_key = (int(record["video_index"]), int(record["block"]))
     if group and record_key != key:
       yield from _block_clips(group, num_frames, all_train_offsets)

@@ -32,16 +32,33 @@ Files of a split in a data folder:
       objects}, videos {count, ids}, clips {train, eval}, frames {raw, stored}, records,
       shards [{file, records, videos, stored_frames, bytes}], bytes, bytes_per_stored_frame;
       TFDS adds tfds {name}.
+
+Damaged files (a shard truncated, overwritten or with flipped bytes after the manifest was
+written) are a DataError naming the shard and the record, never a silent skip: `shard_paths`
+checks at start that each listed shard exists with the manifest's byte size; `Checked` wraps a
+reading iterator and, when TensorFlow fails (its messages name neither the file nor the record),
+reads the shards again with `find_damage` to say which record of which file is bad.
 """
 
 import json
 import os
-from typing import Any, Dict, List, Mapping, Sequence
+import re
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
+from htt_jax import config_lib
 from htt_jax import storage
+
+
+class DataError(config_lib.ConfigError):
+  """A prepared split's files are damaged or missing; the message names the file (and record).
+
+  A ConfigError, so scripts end with one `error: ...` line (htt_jax/cli.py): the data is the
+  user's input, and the fix (prepare the split again) is theirs.
+  """
 
 SCHEMA_VERSION = 1
 
@@ -289,12 +306,134 @@ def check_record_config(path: str, config: Mapping[str, Any]) -> None:
 
 
 def shard_paths(data_dir: str, split: str, manifest: Mapping[str, Any]) -> List[str]:
-  """The manifest's shards in order (entries are file names or {'file': name, ...}); each must
-  exist, since a missing one would silently shorten the split."""
-  paths = [os.path.join(data_dir, s if isinstance(s, str) else s["file"])
-           for s in manifest["shards"]]
-  for path in paths:
+  """The manifest's shards in order (entries are file names or {'file': name, ...}).
+
+  Each must exist (a missing one would silently shorten the split: FileNotFoundError) and have
+  the manifest's `bytes` where it lists them (a stat, no reading): a shard cut at a record
+  boundary reads back without any TF error, so only its size shows it (DataError, with the first
+  bad record when one is found).
+  """
+  listed = manifest_path(data_dir, split)
+  paths = []
+  for entry in manifest["shards"]:
+    path = os.path.join(data_dir, entry if isinstance(entry, str) else entry["file"])
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} is listed in {manifest_path(data_dir, split)} but "
-                              f"missing: prepare the split again")
+      raise FileNotFoundError(f"{path} is listed in {listed} but missing: prepare the split "
+                              f"again")
+    expected = entry.get("bytes") if isinstance(entry, Mapping) else None
+    size = os.path.getsize(path)
+    if expected is not None and size != expected:
+      found = (find_damage([path], shards=[entry]) or "").replace(f"{path}: ", "", 1)
+      raise DataError(f"{path} holds {size} bytes but {listed} lists {expected}"
+                      + (f" ({found})" if found else "")
+                      + ": the shard changed after it was written; prepare the split again")
+    paths.append(path)
   return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding a damaged record (module docstring). Only ever run after a read failed, so it may read
+# the files again; the pipelines themselves carry no extra tensors and keep their exact order.
+
+# What TF raises for a bad record: DataLossError (CRC mismatch, truncated), InvalidArgumentError
+# (a record that does not parse, an image that does not decode or has the wrong size),
+# NotFoundError (a shard removed while running).
+READ_ERRORS = (tf.errors.DataLossError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
+
+
+def _tf_message(error: BaseException) -> str:
+  """TF's message on one line, without the graph's names: '{{function_node ...}}', '[[{{node
+  ...}}]]', '[Op:...]' and tf.data's 'Error in user-defined function ... Iterator::...:'."""
+  text = getattr(error, "message", None) or str(error)
+  text = re.sub(r"\[\[.*?\]\]|\{\{function_node [^}]*\}\}", " ", text, flags=re.S)
+  text = re.sub(r"\[Op:[^\]]*\].*$", "", text, flags=re.S)
+  text = re.sub(r"^.*Iterator::\S+: ", "", text, flags=re.S)
+  return " ".join(text.split())
+
+
+def _record_offset(path: str, index: int) -> int:
+  """Byte offset of record `index` of a TFRecord file, from the headers of the records before it
+  (8-byte length, 4-byte CRC, data, 4-byte CRC each), which read back intact."""
+  offset = 0
+  with open(path, "rb") as f:
+    for _ in range(index):
+      f.seek(offset)
+      offset += int.from_bytes(f.read(8), "little") + 16
+  return offset
+
+
+def find_damage(paths: Sequence[str], image_size: Optional[Sequence[int]] = None,
+                shards: Optional[Sequence[Any]] = None) -> Optional[str]:
+  """'PATH: record I (byte offset O) ...' for the first record of `paths` (in order) that does not
+  read back (CRC, truncation) or parse, or, with image_size (H, W), whose images do not decode to
+  that size; also a missing file or a record count other than the manifest's `shards` entry.
+  None when every record is fine."""
+  def check(serialized):
+    record = parse_record(serialized)
+    if image_size is not None:
+      return tf.shape(decode_images(record["image"], *image_size))[0]
+    return tf.shape(record["frame_idx"])[0]
+
+  for i, path in enumerate(paths):
+    if not os.path.exists(path):
+      return f"{path} is missing"
+    records = tf.data.TFRecordDataset(path).map(check, num_parallel_calls=2, deterministic=True)
+    count = 0
+    try:
+      for _ in records.as_numpy_iterator():
+        count += 1
+    except tf.errors.DataLossError as e:
+      return (f"{path}: record {count} (byte offset {_record_offset(path, count)}) is corrupt "
+              f"or truncated ({_tf_message(e)})")
+    except tf.errors.InvalidArgumentError as e:
+      what = "does not parse or decode" if image_size is not None else "does not parse"
+      return (f"{path}: record {count} (byte offset {_record_offset(path, count)}) {what} "
+              f"({_tf_message(e)})")
+    entry = shards[i] if shards is not None and i < len(shards) else None
+    expected = entry.get("records") if isinstance(entry, Mapping) else None
+    if expected is not None and count != expected:
+      return f"{path} holds {count} records, the manifest lists {expected}"
+  return None
+
+
+def located_error(error: BaseException, paths: Sequence[str],
+                  image_size: Optional[Sequence[int]] = None,
+                  shards: Optional[Sequence[Any]] = None) -> BaseException:
+  """The DataError naming the file and record behind TF's `error` (one of READ_ERRORS), or
+  `error` itself when no record is bad (then it is not the data's fault: a bug to report).
+  A DataLossError is about the bytes, so only those are checked, not the (slower) decoding."""
+  if isinstance(error, tf.errors.DataLossError):
+    image_size = None
+  logging.warning("reading the split failed (%s); reading its %d shards again to find the bad "
+                  "record", _tf_message(error), len(paths))
+  found = find_damage(paths, image_size, shards)
+  if found is None:
+    return error
+  return DataError(f"{found}: the shard changed after scripts/prepare_data.py wrote it; prepare "
+                   "the split again")
+
+
+class Checked:
+  """An iterator over a tf.data pipeline that reads `paths`: a READ_ERRORS failure becomes
+  located_error's DataError (raised outside the except block, so it holds no reference to the
+  pipeline's frames and the pipeline is released at once)."""
+
+  def __init__(self, iterator: Iterator, paths: Sequence[str],
+               image_size: Optional[Sequence[int]] = None,
+               shards: Optional[Sequence[Any]] = None):
+    self._iterator, self._paths = iterator, list(paths)
+    self._image_size, self._shards = image_size, shards
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._iterator is None:
+      raise StopIteration
+    try:
+      return next(self._iterator)
+    except READ_ERRORS as e:
+      error = e
+    self._iterator = None
+    error = located_error(error, self._paths, self._image_size, self._shards)
+    raise error

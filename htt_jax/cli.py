@@ -7,7 +7,8 @@ only hide it. Anything else keeps its traceback, because it is a bug to report.
 
 A user's mistake is, precisely:
 - `config_lib.ConfigError`: a config key or flag with a wrong value, a config that does not match
-  the prepared data, an input file with the wrong contents (the library raises it for these);
+  the prepared data, an input file with the wrong contents (the library raises it for these;
+  `data_pipeline.schema.DataError`, a damaged shard, is one);
 - an `OSError` about a path the user named: missing (FileNotFoundError), in the way
   (FileExistsError, IsADirectoryError, NotADirectoryError) or not allowed (PermissionError);
 - absl's `app.UsageError` raised by a script's own flag checks;

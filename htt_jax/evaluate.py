@@ -57,7 +57,7 @@ def _predict_split(config, variables, split):
   forward = parallel.Forward(config, keys=_PREDICTED)
   variables = forward.place(variables)
   parts = {k: [] for k in _LABELS + tuple(f"pred_{k}" for k in _PREDICTED)}
-  for batch in input_pipeline.create_dataset(config, split, train=False).as_numpy_iterator():
+  for batch in input_pipeline.eval_batches(config, split):
     local = {k: batch[k] for k in _LABELS}
     local.update({f"pred_{k}": v for k, v in forward(variables, batch).items()})
     # Every process gets every clip: process 0's rows first, as in the global batch.

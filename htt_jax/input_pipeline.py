@@ -62,7 +62,9 @@ _INT64_MAX = np.iinfo(np.int64).max
 
 def load_manifest(data_dir: str, split: str, config=None) -> Dict[str, Any]:
   """The split's manifest (data_pipeline/schema.py reads it); with `config`, checks T, t, spacing,
-  image size and joints against it."""
+  image size and joints against it. Every listed shard must exist with its listed size
+  (schema.shard_paths): train.py calls this for the training and evaluation splits before it
+  compiles anything, so a shard removed or cut since the manifest was written stops the run now."""
   try:
     manifest = schema.load_manifest(data_dir, split)
   except FileNotFoundError as e:
@@ -70,6 +72,7 @@ def load_manifest(data_dir: str, split: str, config=None) -> Dict[str, Any]:
                             "scripts/prepare_data.py") from None
   if config is not None:
     check_manifest(manifest, config, schema.manifest_path(data_dir, split))
+  schema.shard_paths(data_dir, split, manifest)
   return manifest
 
 
@@ -178,7 +181,11 @@ def _decoder(config, train: bool, aug_key=None, aug_config=None):
 def _count_train_clips(files: List[str]) -> int:
   """Training clips in `files` (for resuming with 'files')."""
   counts = tf.data.TFRecordDataset(files).map(schema.parse_num_train_offsets)
-  return int(counts.reduce(np.int64(0), lambda a, b: a + b))
+  try:
+    return int(counts.reduce(np.int64(0), lambda a, b: a + b))
+  except schema.READ_ERRORS as e:
+    error = e
+  raise schema.located_error(error, files)
 
 
 def _train_dataset(config, files, manifest, index, count, seed, start_step, num_epochs):
@@ -310,6 +317,22 @@ def create_dataset(config, split: str, train: bool, *, process_index: Optional[i
   return ds.prefetch(config.dataset.prefetch).with_options(_options(config))
 
 
+def _checked(config, split: str, ds: tf.data.Dataset) -> Iterator[Dict[str, np.ndarray]]:
+  """ds's numpy batches; a record TF cannot read or decode is a schema.DataError naming the shard
+  and the record (found by reading the split again only then: the pipeline is unchanged)."""
+  data_dir = config.dataset.data_dir
+  manifest = schema.load_manifest(data_dir, split)
+  return schema.Checked(ds.as_numpy_iterator(), schema.shard_paths(data_dir, split, manifest),
+                        tuple(config.dataset.image_size), manifest["shards"])
+
+
 def train_batches(config, start_step: int = 0, **kwargs) -> Iterator[Dict[str, np.ndarray]]:
   """Numpy training batches of this process, from global step start_step + 1 onwards."""
-  return create_dataset(config, "train", True, start_step=start_step, **kwargs).as_numpy_iterator()
+  return _checked(config, "train",
+                  create_dataset(config, "train", True, start_step=start_step, **kwargs))
+
+
+def eval_batches(config, split: str, **kwargs) -> Iterator[Dict[str, np.ndarray]]:
+  """Numpy evaluation batches of this process (create_dataset(train=False)), checked the same
+  way as train_batches."""
+  return _checked(config, split, create_dataset(config, split, False, **kwargs))
