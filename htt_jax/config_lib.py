@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.log_every_steps = 50
   config.checkpoint_every_steps = 1000
   config.keep_checkpoints = 3
+  # Keys (comma-separated; a section such as 'loss' covers its keys) that may differ from the
+  # config of the run being resumed in workdir/checkpoints; any other change that alters the
+  # state's shapes or what is learnt is refused (htt_jax/resume.py lists the keys).
+  config.resume_allow_changes = ""
   config.eval_batch_size = 8
   # The split that train_and_evaluate evaluates after training, into workdir/eval/<split>/
   # ('': none; scripts/evaluate.py evaluates any split of a finished run).

@@ -5,7 +5,11 @@ then evaluation of `config.eval_split` on the last checkpoint (evaluate.py, into
 One batch: tf.data (this host's clips) -> global array sharded on 'data' (jit) or split per local
 device (pmap) -> compiled `steps.train_step` -> metrics (TensorBoard, train_metrics.jsonl, progress
 bar) -> Orbax checkpoint every `checkpoint_every_steps`, on preemption/SIGTERM and at the end.
-Resuming from `workdir/checkpoints` continues with the same data order and random streams.
+Resuming from `workdir/checkpoints` continues with the same data order and random streams; a
+config that would not continue that run is refused before anything is compiled or written
+(htt_jax/resume.py), and checkpoints none of which restores are an error, never a fresh start.
+Without checkpoints, `config.init.checkpoint` starts a new run (step 0, new optimiser) from another
+run's or a converted .pth's variables.
 """
 
 import functools
@@ -22,7 +26,7 @@ from absl import logging
 from clu import metric_writers
 
 import htt_jax
-from htt_jax import checkpointing, config_lib, evaluate, input_pipeline, parallel, steps
+from htt_jax import checkpointing, config_lib, evaluate, input_pipeline, parallel, resume, steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -74,10 +78,41 @@ def _check_finite(step: int, metrics: dict) -> None:
                              "stopped, the last good checkpoint is kept")
 
 
-def _metadata(config, step: int, steps_per_epoch: int) -> dict:
+def _metadata(config, step: int, steps_per_epoch: int, data: dict) -> dict:
   return {"step": step, "epoch": step // steps_per_epoch, "steps_per_epoch": steps_per_epoch,
           "seed": config.seed, "htt_jax_version": htt_jax.__version__,
-          "config": json.loads(config.to_json_best_effort())}
+          "config": resume.config_json(config), "data": data}
+
+
+def _check_resume(config, data, ckpt, step: int, metadata: dict, steps_per_epoch: int) -> None:
+  """resume.check_compatible, logging the differences `config.resume_allow_changes` lets through."""
+  allowed = resume.check_compatible(metadata, config, data, directory=ckpt.directory, step=step,
+                                    steps_per_epoch=steps_per_epoch)
+  if allowed:
+    logging.warning("resuming step %d of %s with changes allowed by config.%s: %s", step,
+                    ckpt.directory, resume.ALLOW_KEY,
+                    "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in allowed))
+
+
+def initial_variables(config, fresh):
+  """The variables of the checkpoint folder `config.init.checkpoint` (its newest step: a training
+  run's checkpoints or a converted .pth), for a new run: same tree and shapes as `fresh` (the
+  model this config builds) or a ConfigError naming the first differences."""
+  loaded, _ = checkpointing.restore_variables(config.init.checkpoint)
+  flat_fresh = {jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(fresh)}
+  flat_loaded = {jax.tree_util.keystr(p): x
+                 for p, x in jax.tree_util.tree_leaves_with_path(loaded)}
+  bad = [f"{k}: {tuple(flat_loaded[k].shape) if k in flat_loaded else 'missing'} in the "
+         f"checkpoint, {tuple(v.shape) if v is not None else 'missing'} in this model"
+         for k, v in ((k, flat_fresh.get(k)) for k in sorted(set(flat_fresh) | set(flat_loaded)))
+         if v is None or k not in flat_loaded or flat_loaded[k].shape != v.shape]
+  if bad:
+    raise config_lib.ConfigError(
+        f"config.init.checkpoint={config.init.checkpoint!r} holds variables of another model "
+        f"({len(bad)} differ; {'; '.join(bad[:4])}): set config.model to the model it was "
+        "trained as")
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: jnp.asarray(flat_loaded[jax.tree_util.keystr(p)], x.dtype), fresh)
 
 
 def _log_compiled(compiled, seconds: float) -> None:
@@ -99,6 +134,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   content) is under the key 'eval'. A run stopped early (SIGTERM, preemption) is not evaluated.
   """
   config_lib.validate_config(config, num_devices=jax.device_count())
+  resume.allowed_changes(config)  # A misspelt key fails now, not on the next resume.
   manifest = input_pipeline.load_manifest(config.dataset.data_dir, "train", config)
   eval_split = config.get("eval_split", "")
   if eval_split:  # A missing split should stop the run now, not after training.
@@ -107,7 +143,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   total_steps = num_train_steps(config, steps_per_epoch)
   schedule = steps.learning_rate_schedule(config, steps_per_epoch)
   is_main = jax.process_index() == 0
-  if not config.init.resnet_checkpoint:
+  data = resume.data_identity(manifest)
+  # The resume guard, before anything is compiled or written: a rerun whose config would not
+  # continue the run in workdir/checkpoints stops here (htt_jax/resume.py).
+  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
+                                         config.checkpoint_every_steps, config.keep_checkpoints)
+  previous = ckpt.latest_metadata()
+  if previous is not None:  # Resuming takes precedence over config.init.*
+    _check_resume(config, data, ckpt, *previous, steps_per_epoch)
+  elif config.init.checkpoint:
+    logging.info("starting from the variables of %s (config.init.checkpoint)",
+                 config.init.checkpoint)
+  elif not config.init.resnet_checkpoint:
     logging.warning("config.init.resnet_checkpoint is empty: the ResNet-18 backbone starts from "
                     "RANDOM weights, not ImageNet as in the paper")
 
@@ -115,22 +162,33 @@ def train_and_evaluate(config, workdir: str) -> dict:
   rng = jax.random.key(config.seed)
   with jax.set_mesh(mesh):
     variables = steps.random_variables(config, rng)
-    if config.init.resnet_checkpoint:  # ImageNet backbone, as the reference starts
+    if previous is None and config.init.checkpoint:  # A new run from another run's weights.
+      variables = initial_variables(config, variables)
+    elif config.init.resnet_checkpoint:  # ImageNet backbone, as the reference starts
       from htt_jax import import_torch  # pylint: disable=g-import-not-at-top  (torch is optional)
       variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
     state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch, variables),
                            parallel.replicated(mesh))
-  ckpt = checkpointing.TrainCheckpointer(os.path.join(workdir, "checkpoints"),
-                                         config.checkpoint_every_steps, config.keep_checkpoints)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, metadata = restored
+    if previous is None or ckpt.restored_step != previous[0]:  # Fell back past a torn step.
+      _check_resume(config, data, ckpt, ckpt.restored_step, metadata, steps_per_epoch)
+    if ckpt.skipped:
+      moved = ckpt.set_aside([step for step, _ in ckpt.skipped])
+      logging.warning("resuming from step %d: the newer checkpoints did not restore (%s) and are "
+                      "moved aside, not deleted: %s", ckpt.restored_step,
+                      "; ".join(f"step {s}: {r}" for s, r in ckpt.skipped), ", ".join(moved))
     logging.info("resumed from step %d (%s)", int(state.step), ckpt.directory)
   start_step = int(state.step)
   calibrations = [(name, getattr(steps, name)) for name in ("calibrate_batch_norm",
                                                              "calibrate_pose_head")
                   if config.init.get(name, False)]
-  if start_step == 0 and calibrations:
+  if start_step == 0 and calibrations and config.init.checkpoint:
+    # Calibrations set statistics for random weights; they would overwrite the loaded ones.
+    logging.info("config.init.checkpoint is set: %s skipped",
+                 ", ".join(name for name, _ in calibrations))
+  elif start_step == 0 and calibrations:
     # A separate stream (seed + 1), so the training batches are those of a run without it.
     batch = next(input_pipeline.train_batches(config, seed=config.seed + 1))
     with jax.set_mesh(mesh):
@@ -182,7 +240,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           # Never save a state that a non-finite step produced.
           _check_finite(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
           paused = time.perf_counter()
-          ckpt.save(step, state, _metadata(config, step, steps_per_epoch))
+          ckpt.save(step, state, _metadata(config, step, steps_per_epoch, data))
           window_start += time.perf_counter() - paused  # Throughput excludes checkpointing.
         if stop:
           stopped = True

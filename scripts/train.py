@@ -1,5 +1,10 @@
 """Trains HTT; resumes from the latest checkpoint in --workdir/checkpoints.
 
+A rerun whose config would change the run it resumes (model sizes, T, t, data, batch size,
+optimiser, ...) stops with one `error:` line naming each key and both values, before anything is
+compiled or written; `--config.resume_allow_changes=KEY,...` continues on purpose, and
+`--config.init.checkpoint=DIR` in a new workdir starts a new run from DIR's weights.
+
   python scripts/train.py --config=configs/fpha.py --workdir=runs/fpha \
       --config.dataset.data_dir=/data/fpha_tfrecords --config.batch_size=8
 
@@ -12,7 +17,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from htt_jax import cli, config_lib
+from htt_jax import cli, config_lib, resume
 
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and TensorBoard files go.")
@@ -41,6 +46,7 @@ def main(argv):
   del argv
   # A mistake in the config stops the run here, before JAX starts.
   config_lib.validate_config(FLAGS.config)
+  resume.allowed_changes(FLAGS.config)
   cli.require_data_dir(FLAGS.config)
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   cpu_flags.configure([FLAGS.config])  # before JAX starts
