@@ -67,3 +67,16 @@ def random_batch(config, batch_size=2, seed=0, valid_frames=None):
 @pytest.fixture(scope="session")
 def smoke_config():
   return load_config("smoke")
+
+
+def prepare_tiny_synthetic(out, splits=("train",), num_frames=8, window=8, **writer_options) -> str:
+  """4 synthetic videos at 72x128 (seed 3) written by prepare_data's writer into `out`: the small
+  dataset the training-process tests share (T and t as given, spacing 2); returns `out`."""
+  from data_pipeline import synthetic, writer  # pylint: disable=g-import-not-at-top
+  source = synthetic.SyntheticConfig(seed=3, num_videos=4, image_size=(72, 128))
+  for split in splits:
+    writer.prepare_split(synthetic.iter_videos(source, split), str(out), split,
+                         num_frames=num_frames, window=window, spacing=2,
+                         vocabulary=synthetic.load_vocabulary(source), dataset_name="synthetic",
+                         image_size=(72, 128), progress=False, **writer_options)
+  return str(out)

@@ -1,6 +1,9 @@
 """Behaviour of the Flax HTT that does not need PyTorch: padding, geometry, encoding, init, sizes."""
 
+import collections
+
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -138,20 +141,103 @@ def test_initialisation_follows_reference():
   np.testing.assert_allclose(conv.std(), np.sqrt(2 / (512 * 9)), rtol=0.02)
 
 
-def test_bfloat16_compute_keeps_float32_parameters(smoke_config):
+def _matmul_dtypes(jaxpr, counts=None):
+  """(primitive, operand dtypes) -> count of the convolutions and dot products of a jaxpr, the
+  bodies of jit, remat and custom-derivative calls included."""
+  counts = collections.Counter() if counts is None else counts
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
+      counts[eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)] += 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          _matmul_dtypes(sub.jaxpr, counts)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          _matmul_dtypes(sub, counts)
+  return counts
+
+
+def _primitive_counts(jaxpr, counts=None):
+  """primitive name -> count in a jaxpr; a call's body counts, the call itself too."""
+  counts = collections.Counter() if counts is None else counts
+  for eqn in jaxpr.eqns:
+    counts[eqn.primitive.name] += 1
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else (param,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          _primitive_counts(sub.jaxpr, counts)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          _primitive_counts(sub, counts)
+  return counts
+
+
+def test_bfloat16_computes_in_bfloat16_with_float32_parameters(smoke_config):
   config = smoke_config.copy_and_resolve_references()
   config.dtype = "bfloat16"
-  model = build_model(config)
+  model, model32 = build_model(config), build_model(smoke_config)
   variables = jax.jit(lambda r: init_variables(model, r, config))(jax.random.key(1))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables["params"]))
   batch = random_batch(config, batch_size=1)
-  out = jax.jit(model.apply)(variables, batch["image"], batch["intrinsics"], batch["not_padding"])
-  ref = jax.jit(build_model(smoke_config).apply)(variables, batch["image"], batch["intrinsics"],
-                                                 batch["not_padding"])
-  assert out["joints3d"].dtype == jnp.float32
-  np.testing.assert_allclose(out["action_probs"], ref["action_probs"], atol=0.05)
-  np.testing.assert_allclose(out["joints2d"], ref["joints2d"], atol=0.05 * np.abs(ref["joints2d"]).max())
+  inputs = (batch["image"], batch["intrinsics"], batch["not_padding"])
 
+  # What XLA is asked to compute: every convolution (20 in ResNet-18) and every dense layer and
+  # attention product in bfloat16. The one float32 product left is the backbone's ImageNet `fc`,
+  # kept only so that checkpoints round-trip: its output feeds nothing and XLA drops it.
+  counts = _matmul_dtypes(jax.make_jaxpr(model.apply)(variables, *inputs).jaxpr)
+  counts32 = _matmul_dtypes(jax.make_jaxpr(model32.apply)(variables, *inputs).jaxpr)
+  bf16, f32 = ("bfloat16", "bfloat16"), ("float32", "float32")
+  assert set(counts32) == {("conv_general_dilated", f32), ("dot_general", f32)}, counts32
+  assert counts["conv_general_dilated", bf16] == counts32["conv_general_dilated", f32] >= 20, counts
+  assert ("conv_general_dilated", f32) not in counts, counts
+  assert counts["dot_general", bf16] >= counts32["dot_general", f32] - 1 >= 30, counts
+  assert counts["dot_general", f32] <= 1, counts
+
+  out = jax.jit(model.apply)(variables, *inputs)
+  ref = jax.jit(model32.apply)(variables, *inputs)
+  for key in ("joints3d", "action_probs", "object_probs"):
+    assert out[key].dtype == jnp.float32, key
+  # bfloat16 keeps 8 bits of mantissa: the outputs move by a small, non-zero amount (measured on
+  # the smoke model, 2026-12-05: action_probs 8e-4 on probabilities of ~0.06, joints2d 0.3 px of
+  # 80). A float32 computation gives exactly 0; a broken cast (inputs or weights truncated to a
+  # few bits, an overflow) far more than the upper bounds.
+  action = np.abs(np.asarray(out["action_probs"]) - np.asarray(ref["action_probs"])).max()
+  assert 1e-5 < action < 1e-2, action
+  joints2d = np.abs(np.asarray(out["joints2d"]) - np.asarray(ref["joints2d"])).max()
+  assert 1e-3 < joints2d < 0.05 * np.abs(np.asarray(ref["joints2d"])).max(), joints2d
+
+
+def test_remat_gives_the_loss_and_gradients_of_no_remat(smoke_config):
+  """model.remat recomputes each ResNet block in the backward pass: the program must contain the
+  rematerialisation, and the loss and every gradient must be those without it."""
+  from htt_jax import losses  # pylint: disable=g-import-not-at-top
+  config = smoke_config.copy_and_resolve_references()
+  config.model.num_frames = 16  # one window: a smaller program, the same blocks
+  config.model.remat = True
+  remat, plain = build_model(config), build_model(smoke_config)
+  assert remat.remat and not plain.remat
+  variables = jax.jit(lambda r: init_variables(plain, r, config))(jax.random.key(3))
+  variables = _far_from_identity(variables)
+  batch = random_batch(config, batch_size=1, seed=4)
+
+  def loss(model):
+    def fn(params):
+      outputs = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                            batch["image"], batch["intrinsics"], batch["not_padding"])
+      return losses.losses_from_config(outputs, batch, config)["loss/total"]
+    return jax.value_and_grad(fn)
+
+  # jax.checkpoint's primitive (named 'remat2' in this JAX, 'checkpoint' in others): once per
+  # BasicBlock of ResNet-18 (4 stages x 2), none without remat.
+  def remats(model):
+    counts = _primitive_counts(jax.make_jaxpr(loss(model))(variables["params"]).jaxpr)
+    return sum(n for name, n in counts.items() if name in ("remat2", "checkpoint", "remat"))
+  assert remats(remat) == 8 and remats(plain) == 0, (remats(remat), remats(plain))
+  value_r, grads_r = jax.jit(loss(remat))(variables["params"])
+  value_p, grads_p = jax.jit(loss(plain))(variables["params"])
+  np.testing.assert_allclose(value_r, value_p, rtol=1e-6)
+  assert float(value_p) > 0
+  _assert_trees_close(grads_r, grads_p, rel=1e-5)
+  assert np.abs(np.asarray(grads_p["backbone"]["conv1"]["kernel"])).max() > 0
 
 
 def _far_from_identity(variables, seed=0):

@@ -21,8 +21,8 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, load_config
-from data_pipeline import schema, synthetic, writer
+from conftest import ROOT, load_config, prepare_tiny_synthetic
+from data_pipeline import schema
 from htt_jax import checkpointing
 import multihost_worker  # Its OVERRIDES are the config of every run here.
 from process_utils import env_for, free_port, read_metrics, run_processes, tail
@@ -39,13 +39,8 @@ TIMEOUT = 900  # seconds for one group of processes (a deadline; 1-2 minutes alo
 def data_dir(tmp_path_factory):
   """4 synthetic videos in 4 shards (one video each), so 'files' gives each process two."""
   out = tmp_path_factory.mktemp("multihost_data")
-  source = synthetic.SyntheticConfig(seed=3, num_videos=4, image_size=(72, 128))
-  writer.prepare_split(synthetic.iter_videos(source, "train"), str(out), "train",
-                       num_frames=multihost_worker.NUM_FRAMES, window=multihost_worker.NUM_FRAMES,
-                       spacing=2, vocabulary=synthetic.load_vocabulary(source),
-                       dataset_name="synthetic", image_size=(72, 128), min_shards=4,
-                       progress=False)
-  return str(out)
+  return prepare_tiny_synthetic(out, num_frames=multihost_worker.NUM_FRAMES,
+                                window=multihost_worker.NUM_FRAMES, min_shards=4)
 
 
 def _assert_same_losses(log, reference, steps):

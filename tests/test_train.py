@@ -6,20 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import load_config
-from data_pipeline import synthetic, writer
+from conftest import load_config, prepare_tiny_synthetic
 from htt_jax import checkpointing, train
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   out = tmp_path_factory.mktemp("synthetic")
-  source = synthetic.SyntheticConfig(seed=3, num_videos=4, image_size=(72, 128))
-  vocabulary = synthetic.load_vocabulary(source)
-  writer.prepare_split(synthetic.iter_videos(source, "train"), str(out), "train", num_frames=32,
-                       window=16, spacing=2, vocabulary=vocabulary, dataset_name="synthetic",
-                       image_size=(72, 128), progress=False)
-  return str(out)
+  return prepare_tiny_synthetic(out, num_frames=32, window=16)
 
 
 def _config(data_dir, steps):
