@@ -26,7 +26,8 @@ from absl import logging
 from clu import metric_writers
 
 import htt_jax
-from htt_jax import checkpointing, config_lib, evaluate, input_pipeline, parallel, resume, steps
+from htt_jax import (checkpointing, config_lib, evaluate, input_pipeline, metrics_log, parallel,
+                     resume, steps)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -202,7 +203,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step, to_device = parallel.make_train_step(config, mesh, schedule)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
-  jsonl = open(os.path.join(workdir, "train_metrics.jsonl"), "a") if is_main else None
+  jsonl = None
+  if is_main:  # Whole lines of steps 1..start_step, whatever a kill left (metrics_log.py).
+    metrics_log.repair(metrics_log.path_in(workdir), start_step)
+    jsonl = open(metrics_log.path_in(workdir), "a")
   frames_per_step = config.batch_size * config.model.num_frames
   last = {}
   progress = _progress(start_step, total_steps, is_main)

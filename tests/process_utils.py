@@ -1,6 +1,5 @@
 """Running training processes from tests: deadlines, clean kills, and reading what they wrote."""
 
-import json
 import os
 import signal
 import socket
@@ -8,6 +7,7 @@ import subprocess
 import time
 
 from conftest import ROOT
+from htt_jax import metrics_log
 
 
 def env_for(devices: int = 0) -> dict:
@@ -63,8 +63,4 @@ def tail(path, chars: int = 3000) -> str:
 
 def read_metrics(workdir) -> list:
   """The complete lines of workdir/train_metrics.jsonl so far ([] before the first)."""
-  path = os.path.join(workdir, "train_metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.endswith("\n")]
+  return metrics_log.read(metrics_log.path_in(str(workdir)))

@@ -5,7 +5,6 @@ never a fresh start; a torn newest step falls back to the previous one and is mo
 deleted. One trained workdir (4 smoke steps, checkpoints at 2 and 4) is copied per case."""
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, load_config, prepare_tiny_synthetic
-from htt_jax import checkpointing, config_lib, models, resume, train
+from htt_jax import checkpointing, config_lib, metrics_log, models, resume, train
 from process_utils import env_for
 
 STEPS = 4
@@ -129,8 +128,8 @@ def test_allowed_change_continues_and_the_new_config_is_then_the_run_s(data_dir,
     train.train_and_evaluate(_config(data_dir, **changed), str(workdir))
   train.train_and_evaluate(_config(data_dir, resume_allow_changes="seed", **changed),
                            str(workdir))
-  with open(workdir / "train_metrics.jsonl") as f:
-    assert [json.loads(line)["step"] for line in f] == [1, 2, 3, 4, 5]
+  logged = metrics_log.read(metrics_log.path_in(str(workdir)))
+  assert [r["step"] for r in logged] == [1, 2, 3, 4, 5]
   _, metadata = checkpointing.restore_variables(str(workdir / "checkpoints"))
   assert metadata["step"] == 5 and metadata["config"]["seed"] == 7
   # The newest checkpoint carries the new config: the same rerun needs no allowance any more

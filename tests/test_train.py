@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import load_config, prepare_tiny_synthetic
-from htt_jax import checkpointing, train
+from htt_jax import checkpointing, metrics_log, train
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,7 @@ def _config(data_dir, steps):
 
 
 def _log(workdir):
-  with open(f"{workdir}/train_metrics.jsonl") as f:
-    return [json.loads(line) for line in f]
+  return metrics_log.read(metrics_log.path_in(str(workdir)))
 
 
 def test_resume_gives_the_same_run(data_dir, tmp_path):
@@ -36,6 +35,10 @@ def test_resume_gives_the_same_run(data_dir, tmp_path):
   assert "eval" not in train.train_and_evaluate(_config(data_dir, 4), str(straight))
   assert not (straight / "eval").exists()  # smoke's eval_split is '': training only
   train.train_and_evaluate(_config(data_dir, 2), str(resumed))  # stops after step 2
+  # What a kill after step 3 was logged, before its checkpoint, while logging step 4 leaves: the
+  # rerun drops both lines (metrics_log.repair) and logs steps 3 and 4 again.
+  with open(resumed / "train_metrics.jsonl", "a") as f:
+    f.write('{"step": 3, "loss": -1.0}\n{"step": 4, "lo')
   train.train_and_evaluate(_config(data_dir, 4), str(resumed))  # resumes at step 3
 
   log_a, log_b = _log(straight), _log(resumed)
