@@ -141,34 +141,29 @@ def test_initialisation_follows_reference():
   np.testing.assert_allclose(conv.std(), np.sqrt(2 / (512 * 9)), rtol=0.02)
 
 
-def _matmul_dtypes(jaxpr, counts=None):
-  """(primitive, operand dtypes) -> count of the convolutions and dot products of a jaxpr, the
-  bodies of jit, remat and custom-derivative calls included."""
-  counts = collections.Counter() if counts is None else counts
+def _equations(jaxpr):
+  """Every equation of a jaxpr, the bodies of jit, remat and custom-derivative calls included
+  (a call counts itself and its body)."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("conv_general_dilated", "dot_general"):
-      counts[eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars)] += 1
+    yield eqn
     for param in eqn.params.values():
       for sub in param if isinstance(param, (list, tuple)) else (param,):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          _matmul_dtypes(sub.jaxpr, counts)
+          yield from _equations(sub.jaxpr)
         elif isinstance(sub, jax.extend.core.Jaxpr):
-          _matmul_dtypes(sub, counts)
-  return counts
+          yield from _equations(sub)
 
 
-def _primitive_counts(jaxpr, counts=None):
+def _matmul_dtypes(jaxpr):
+  """(primitive, operand dtypes) -> count of the convolutions and dot products of a jaxpr."""
+  return collections.Counter(
+      (eqn.primitive.name, tuple(str(v.aval.dtype) for v in eqn.invars))
+      for eqn in _equations(jaxpr) if eqn.primitive.name in ("conv_general_dilated", "dot_general"))
+
+
+def _primitive_counts(jaxpr):
   """primitive name -> count in a jaxpr; a call's body counts, the call itself too."""
-  counts = collections.Counter() if counts is None else counts
-  for eqn in jaxpr.eqns:
-    counts[eqn.primitive.name] += 1
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (list, tuple)) else (param,):
-        if isinstance(sub, jax.extend.core.ClosedJaxpr):
-          _primitive_counts(sub.jaxpr, counts)
-        elif isinstance(sub, jax.extend.core.Jaxpr):
-          _primitive_counts(sub, counts)
-  return counts
+  return collections.Counter(eqn.primitive.name for eqn in _equations(jaxpr))
 
 
 def test_bfloat16_computes_in_bfloat16_with_float32_parameters(smoke_config):
