@@ -38,6 +38,9 @@ written) are a DataError naming the shard and the record, never a silent skip: `
 checks at start that each listed shard exists with the manifest's byte size; `Checked` wraps a
 reading iterator and, when TensorFlow fails (its messages name neither the file nor the record),
 reads the shards again with `find_damage` to say which record of which file is bad.
+
+A data folder may be a URL (gs://bucket/fpha): manifests and plans are read, checked and written
+through htt_jax/storage.py (etils.epath), records through TensorFlow's own file system.
 """
 
 import json
@@ -271,22 +274,16 @@ def make_manifest(config: Mapping[str, Any], split: str, *, num_joints: int, num
 
 def write_manifest(data_dir: str, split: str, manifest: Mapping[str, Any]) -> None:
   """Writes the manifest last and atomically: its presence means the split is complete."""
-  path = manifest_path(data_dir, split)
-  if "://" in path:  # A TFDS build into a bucket (gs://...): an object appears whole anyway.
-    with tf.io.gfile.GFile(path, "w") as f:
-      f.write(json.dumps(manifest, indent=1) + "\n")
-  else:
-    storage.write_json(path, manifest, indent=1, sort_keys=False)
+  storage.write_json(manifest_path(data_dir, split), manifest, indent=1, sort_keys=False)
 
 
 def load_manifest(data_dir: str, split: str) -> Dict[str, Any]:
   """The split's manifest; a clear error if the split is unfinished or of another version."""
   path = manifest_path(data_dir, split)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"no manifest: prepare_data.py did not finish for split {split!r} "
                             f"(expected {path})")
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = json.loads(storage.read_text(path))
   if manifest.get("format_version") != SCHEMA_VERSION:
     raise ValueError(f"{path}: format_version {manifest.get('format_version')} but this code "
                      f"reads version {SCHEMA_VERSION}; prepare the data again")
@@ -296,8 +293,7 @@ def load_manifest(data_dir: str, split: str) -> Dict[str, Any]:
 def check_record_config(path: str, config: Mapping[str, Any]) -> None:
   """Raises ValueError naming the key if the manifest (or writer's plan) at `path` was written with
   other CONFIG_KEYS than `config`: one folder must not mix two record formats."""
-  with open(path) as f:
-    other = json.load(f)
+  other = json.loads(storage.read_text(path))
   for key in CONFIG_KEYS:
     if other.get(key) != config[key]:
       raise ValueError(f"{path} was written with {key}={other.get(key)!r} but this run has "
@@ -317,11 +313,11 @@ def shard_paths(data_dir: str, split: str, manifest: Mapping[str, Any]) -> List[
   paths = []
   for entry in manifest["shards"]:
     path = os.path.join(data_dir, entry if isinstance(entry, str) else entry["file"])
-    if not os.path.exists(path):
+    if not storage.exists(path):
       raise FileNotFoundError(f"{path} is listed in {listed} but missing: prepare the split "
                               f"again")
     expected = entry.get("bytes") if isinstance(entry, Mapping) else None
-    size = os.path.getsize(path)
+    size = storage.size(path)
     if expected is not None and size != expected:
       found = (find_damage([path], shards=[entry]) or "").replace(f"{path}: ", "", 1)
       raise DataError(f"{path} holds {size} bytes but {listed} lists {expected}"
@@ -355,7 +351,7 @@ def _record_offset(path: str, index: int) -> int:
   """Byte offset of record `index` of a TFRecord file, from the headers of the records before it
   (8-byte length, 4-byte CRC, data, 4-byte CRC each), which read back intact."""
   offset = 0
-  with open(path, "rb") as f:
+  with tf.io.gfile.GFile(path, "rb") as f:  # TensorFlow's file, read by TensorFlow's file system
     for _ in range(index):
       f.seek(offset)
       offset += int.from_bytes(f.read(8), "little") + 16
@@ -375,7 +371,7 @@ def find_damage(paths: Sequence[str], image_size: Optional[Sequence[int]] = None
     return tf.shape(record["frame_idx"])[0]
 
   for i, path in enumerate(paths):
-    if not os.path.exists(path):
+    if not storage.exists(path):
       return f"{path} is missing"
     records = tf.data.TFRecordDataset(path).map(check, num_parallel_calls=2, deterministic=True)
     count = 0

@@ -21,6 +21,10 @@ Workers: `num_workers` spawned processes each write whole shards (one task = one
 bytes of a shard never depend on the number of workers. A task carries its `Video`s, so
 `Video.load_image` must pickle (a module-level function, functools.partial or callable object); if
 it does not, the shards are written in this process instead (logged).
+
+output_dir may be a URL (gs://bucket/fpha): shards are written and renamed by TensorFlow's file
+system, the plan and manifest through htt_jax/storage.py; on ram:// (TensorFlow's in-memory file
+system, one per process, used by the tests) shards are written in this process.
 """
 
 import concurrent.futures
@@ -119,7 +123,8 @@ def _write_shard(path: str, videos: Sequence[Tuple[int, Video]], opts: RecordOpt
         writer.write(record)
         records += 1
       stored += windowing.stored_frames(len(video), opts.num_frames, opts.window, opts.spacing)
-  os.replace(temporary, path)
+  # TensorFlow wrote it, so TensorFlow renames it (on gs:// a copy, then a delete).
+  tf.io.gfile.rename(temporary, path, overwrite=True)
   return {"records": records, "stored_frames": stored}
 
 
@@ -163,22 +168,21 @@ def check_videos(videos: List[Video], image_size) -> Tuple[Tuple[int, int], int,
 def _check_existing(output_dir: str, split: str, config: Mapping,
                     video_ids: List[str]) -> Tuple[Optional[List[List[str]]], Optional[dict]]:
   """Refuses output of another configuration; returns this split's (plan shards, manifest)."""
-  names = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+  names = sorted(storage.listdir(output_dir))
   for name in names:
     if not name.endswith((schema.MANIFEST_SUFFIX, PLAN_SUFFIX)):
       continue
     schema.check_record_config(os.path.join(output_dir, name), config)
   plan = manifest = None
   path = schema.manifest_path(output_dir, split)
-  if os.path.exists(path):
+  if storage.exists(path):
     manifest = schema.load_manifest(output_dir, split)
     counts = [s["videos"] for s in manifest["shards"]]
     ids = manifest["videos"]["ids"]
     plan = [ids[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
-  elif os.path.exists(os.path.join(output_dir, split + PLAN_SUFFIX)):
+  elif storage.exists(os.path.join(output_dir, split + PLAN_SUFFIX)):
     path = os.path.join(output_dir, split + PLAN_SUFFIX)
-    with open(path) as f:
-      plan = json.load(f)["shards"]
+    plan = json.loads(storage.read_text(path))["shards"]
   if plan is not None and [v for shard in plan for v in shard] != video_ids:
     raise ValueError(f"{path} lists other videos than this run's source yields (the raw data "
                      f"changed?): use another output_dir, or delete the split's files")
@@ -222,6 +226,8 @@ def _run_shards(tasks: List[Tuple[int, str, list]], opts: RecordOptions, num_wor
                   smoothing=0.1)
   results = {}
   workers = min(num_workers, len(tasks))
+  if tasks and tasks[0][1].startswith("ram://"):
+    workers = 1  # TensorFlow's in-memory file system is per process: a worker's shard would vanish
   if workers > 1:
     try:
       pickle.dumps(tasks[0][2][0][1].load_image)
@@ -287,24 +293,24 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
   video_ids = [v.video_id for v in videos]
   plan, manifest = _check_existing(output_dir, split, config, video_ids)
   names = [schema.shard_name(split, i, len(plan or [])) for i in range(len(plan or []))]
-  if manifest is not None and all(os.path.exists(os.path.join(output_dir, n)) for n in names):
+  if manifest is not None and all(storage.exists(os.path.join(output_dir, n)) for n in names):
     logging.info("%s: already complete", schema.manifest_path(output_dir, split))
     return manifest
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(output_dir)
   plan_path = os.path.join(output_dir, split + PLAN_SUFFIX)
   if plan is None:
     plan = _make_plan(videos, opts, shard_bytes, min_shards) if videos else []
     names = [schema.shard_name(split, i, len(plan)) for i in range(len(plan))]
   # The plan goes first and a stale manifest away, so an interruption never leaves a manifest over
   # an incomplete split, and the next run finds the same assignment.
-  if not os.path.exists(plan_path):
+  if not storage.exists(plan_path):
     _write_json(plan_path, dict(config, split=split, shards=plan))
   if manifest is not None:
-    os.remove(schema.manifest_path(output_dir, split))
+    storage.remove(schema.manifest_path(output_dir, split))
   by_id = {v.video_id: (i, v) for i, v in enumerate(videos)}
   tasks = [(i, os.path.join(output_dir, name), [by_id[v] for v in shard])
            for i, (name, shard) in enumerate(zip(names, plan))
-           if not os.path.exists(os.path.join(output_dir, name))]
+           if not storage.exists(os.path.join(output_dir, name))]
   logging.info("%s: %d of %d shards to write", split, len(tasks), len(plan))
   total_frames = sum(len(v) for _, _, shard in tasks for _, v in shard)
   written = _run_shards(tasks, opts, num_workers, total_frames, progress, split)
@@ -323,7 +329,7 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
       clips[1] += evaluation
     shards.append({"file": name, "records": records, "videos": len(shard),
                    "stored_frames": stored,
-                   "bytes": os.path.getsize(os.path.join(output_dir, name))})
+                   "bytes": storage.size(os.path.join(output_dir, name))})
   manifest = schema.make_manifest(
       config, split, num_joints=num_joints, num_hands=num_hands, vocabulary=vocabulary,
       video_ids=video_ids, clips=clips, raw_frames=int(sum(len(v) for v in videos)),

@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   # The split that train_and_evaluate evaluates after training, into workdir/eval/<split>/
   # ('': none; scripts/evaluate.py evaluates any split of a finished run).
   config.eval_split = ""
+  # TensorBoard event files in the workdir (process 0; through TensorFlow's file system, so a
+  # gs:// workdir is written by TensorFlow's GCS client). False: metrics go to the log and
+  # workdir/train_metrics.jsonl only (e.g. a workdir on a GCS emulator, which TensorFlow cannot
+  # reach: docs/launch.md).
+  config.tensorboard = True
 
   config.loss = ml_collections.ConfigDict()
   config.loss.pose_loss = "l1"  # 'l1' | 'l2'.
@@ -115,6 +120,19 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def parse_options(arg, defaults: dict, source: str) -> dict:
+  """The integer options of a config file's argument, e.g. `--config=F.py:hosts=8,clips_per_chip=2`
+  (ml_collections passes the text after ':' to get_config): `defaults` updated by them; an unknown
+  option names the file and the known ones."""
+  options = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in options:
+      raise ValueError(f"{source}: unknown option {key!r} (known: {sorted(options)})")
+    options[key] = int(value)
+  return options
+
+
 def _choice(config, key, allowed):
   value = config
   for part in key.split("."):
@@ -157,6 +175,9 @@ def validate_config(config, num_devices: int | None = None) -> None:
               "model.num_joints", "model.num_objects", "model.num_actions", "dataset.spacing",
               "eval_batch_size"):
     _positive(config, key)
+  tensorboard = config.get("tensorboard", True)
+  if not isinstance(tensorboard, bool):
+    raise ConfigError(f"config.tensorboard={tensorboard!r} must be True or False")
   eval_split = config.get("eval_split", "")
   if not isinstance(eval_split, str) or not re.fullmatch(r"[A-Za-z0-9_]*", eval_split):
     raise ConfigError(f"config.eval_split={eval_split!r} must be a split name such as 'test' or "

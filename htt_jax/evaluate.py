@@ -78,7 +78,14 @@ def evaluate(config, checkpoint_dir: str, output_dir: str, split: str = "test",
              step: Optional[int] = None) -> dict:
   """Evaluates a checkpoint on a split; writes and returns metrics.json's content."""
   config_lib.validate_config(config)
+  # An output folder that cannot be written (a missing bucket), a missing checkpoint, or a missing
+  # or mismatched split (the training split too: its mean pose is the baseline) stops here,
+  # before anything is compiled.
+  if jax.process_index() == 0:
+    storage.check_writable(output_dir)
   variables, ckpt_metadata = checkpointing.restore_variables(checkpoint_dir, step)
+  for needed in dict.fromkeys((split, "train")):
+    input_pipeline.load_manifest(config.dataset.data_dir, needed, config)
   out = _predict_split(config, variables, split)
   num_clips, t_clip = out["not_padding"].shape
   flat = lambda x: x.reshape((num_clips * t_clip,) + x.shape[2:])
@@ -104,7 +111,7 @@ def evaluate(config, checkpoint_dir: str, output_dir: str, split: str = "test",
   report.update({f"baseline_mean_pose_{k}": v for k, v in baseline.items() if "mepe" in k})
 
   if jax.process_index() == 0:
-    os.makedirs(output_dir, exist_ok=True)
+    storage.makedirs(output_dir)
     for name, (thresholds, curve, _) in metrics.pose_curves(pred3d, gt3d, valid, dataset_kind,
                                                             hand_valid).items():
       x_cm = thresholds * 100.0

@@ -32,6 +32,7 @@ segment is a non-padding frame of exactly one clip; padding frames (copies of a 
 frame) are never used. Were a frame unpadded in several clips, the first clip in split order wins.
 """
 
+import io
 import json
 import os
 import re
@@ -124,12 +125,12 @@ def hand_poses(video_ids: Sequence[str], frame_idx, not_padding, joints3d, segme
 def _write_json_and_zip(output_dir: str, name: str, zip_name: str, value) -> str:
   """Writes name, then zip_name holding it at the archive's root, each atomically; returns the
   zip's path."""
-  path = os.path.join(output_dir, name)
-  storage.write_text(path, json.dumps(value))
+  text = json.dumps(value)
+  storage.write_text(os.path.join(output_dir, name), text)
   archive = os.path.join(output_dir, zip_name)
-  with storage.replacing(archive) as temporary:
+  with storage.replacing(archive) as temporary:  # a local file, uploaded when output_dir is a URL
     with zipfile.ZipFile(temporary, "w", zipfile.ZIP_DEFLATED) as z:
-      z.write(path, arcname=name)
+      z.writestr(name, text)
   return archive
 
 
@@ -137,7 +138,7 @@ def export(predictions_path: str, output_dir: str, raw_dir: Optional[str] = None
            split: str = "test", modality: str = "RGB") -> Dict[str, str]:
   """Writes the action submission and, given the raw H2O folder (for its split file's sequence
   paths), the hand pose submission; returns {file name: path} of what was written."""
-  with np.load(predictions_path) as npz:
+  with np.load(io.BytesIO(storage.read_bytes(predictions_path))) as npz:
     predictions = {k: npz[k] for k in npz.files}
   video_ids = [str(v) for v in predictions["video_id"]]
   written = {}

@@ -30,7 +30,7 @@ GUARDED FOR warmup_cosine ONLY: num_epochs, num_train_steps. The cosine decays t
 FREE (the same numbers, or bookkeeping): parallelism (jit and pmap agree, tested), model.remat,
   model.fold_batch_norm (same parameters and gradients), dataset.augment.on_device (the same
   arithmetic on the device); log_every_steps, checkpoint_every_steps, keep_checkpoints,
-  eval_batch_size, eval_split, resume_allow_changes; where and how the data is read
+  eval_batch_size, eval_split, tensorboard, resume_allow_changes; where and how the data is read
   (dataset.data_dir, which may move, e.g. to gs://; num_parallel_calls, prefetch, cycle_length,
   shuffle_buffer, host_sharding: tuning these for another machine changes which clip comes when,
   not what is learnt); init.* (they only shape step 0, which a resume skips); demo_data (how the
@@ -55,7 +55,7 @@ DATA = "data"  # The prefix of the data identity's keys in messages and in the a
 FREE = frozenset({
     "parallelism", "model.remat", "model.fold_batch_norm", "dataset.augment.on_device",
     "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size",
-    "eval_split", ALLOW_KEY,
+    "eval_split", "tensorboard", ALLOW_KEY,
     "dataset.data_dir", "dataset.num_parallel_calls", "dataset.prefetch", "dataset.cycle_length",
     "dataset.shuffle_buffer", "dataset.host_sharding",
 })
@@ -199,7 +199,7 @@ def check_compatible(metadata: Mapping[str, Any], config, data: Optional[Mapping
   if refused:
     changes = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
     keys = ",".join(k for k, _, _ in refused)
-    data_note = (f" (data.*: the training split in config.dataset.data_dir, from its manifest)"
+    data_note = (" (data.*: the training split in config.dataset.data_dir, from its manifest)"
                  if any(k.startswith(DATA + ".") for k, _, _ in refused) else "")
     raise config_lib.ConfigError(
         f"this config does not continue the run of {where}: {changes}{data_note}. These change "

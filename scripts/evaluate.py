@@ -9,6 +9,9 @@ H2O challenge submissions in <workdir>/eval/<split>/h2o/ (htt_jax/h2o_export.py)
 
   python scripts/evaluate.py --config=configs/h2o.py --workdir=runs/h2o --split=test \
       --config.dataset.data_dir=/data/h2o_tfr --h2o_export --h2o_raw_dir=/data/h2o
+
+--workdir, --checkpoint_dir and dataset.data_dir may be gs:// URLs (docs/launch.md, "Cloud
+Storage"); --h2o_raw_dir is a local folder.
 """
 
 import json

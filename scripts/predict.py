@@ -3,9 +3,13 @@
   python scripts/predict.py --config=configs/fpha.py --checkpoint_dir=runs/fpha/checkpoints \
       --clips=clips.npz --output=predictions.npz
 
+Any of the three paths may be a gs:// URL (docs/launch.md, "Cloud Storage").
+
 The input and output keys are described in htt_jax/inference.py and docs/evaluation.md.
 """
 
+import io
+import os
 import zipfile
 
 from absl import flags, logging
@@ -29,10 +33,12 @@ def main(argv):
   config_lib.validate_config(config)
   cpu_flags.configure([config])  # before JAX starts
   try:
-    with np.load(FLAGS.clips, allow_pickle=False) as data:
+    with np.load(io.BytesIO(storage.read_bytes(FLAGS.clips)), allow_pickle=False) as data:
       clips = {key: data[key] for key in data.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise config_lib.ConfigError(f"cannot read --clips={FLAGS.clips}: {e}") from e
+  # A folder or bucket the output cannot go to stops the run before anything is compiled.
+  storage.check_writable(os.path.dirname(FLAGS.output) or ".")
   # Check the input before restoring weights or compiling anything.
   inference.validate_clips(clips, config, source=FLAGS.clips)
   predictor = inference.Predictor.from_checkpoint(config, FLAGS.checkpoint_dir, FLAGS.step)

@@ -8,6 +8,8 @@
 Rerunning the same command resumes an interrupted conversion (finished shards are kept); output of
 another configuration in --output_dir is refused. The file layout and manifest keys are described
 in data_pipeline/schema.py, the conversion (plan, shards, workers) in data_pipeline/writer.py.
+--output_dir may be a gs:// URL (shards through TensorFlow's GCS client, plans and manifests
+through etils.epath; docs/launch.md, "Cloud Storage"); --raw_dir is a local folder.
 """
 
 import dataclasses
@@ -19,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 
-from htt_jax import cli, config_lib  # pylint: disable=g-import-not-at-top
+from htt_jax import cli, config_lib, storage  # pylint: disable=g-import-not-at-top
 
 flags.DEFINE_enum("dataset", None, ["fpha", "h2o", "synthetic"], "Which source to convert.")
 flags.DEFINE_string("raw_dir", None, "Raw dataset folder (fpha, h2o); ignored for synthetic.")
@@ -79,11 +81,15 @@ def main(argv):
   else:
     if not FLAGS.raw_dir:
       raise app.UsageError(f"--raw_dir is required for --dataset={FLAGS.dataset}")
+    if storage.is_url(FLAGS.raw_dir):  # the sources read frames with PIL, from local files
+      raise app.UsageError(f"--raw_dir={FLAGS.raw_dir} must be a local folder (copy the raw "
+                           "dataset to local disk first); --output_dir may be a gs:// URL")
     if not os.path.isdir(FLAGS.raw_dir):
       raise app.UsageError(f"--raw_dir={FLAGS.raw_dir} is not a directory")
     vocabulary = module.load_vocabulary(FLAGS.raw_dir)
     videos_of = lambda split: module.iter_videos(FLAGS.raw_dir, split, image_size)
   splits = FLAGS.splits or list(getattr(module, "SPLITS", ("train", "test")))
+  storage.check_writable(FLAGS.output_dir)  # a missing bucket or no permission: before any work
   for split in splits:
     try:
       manifest = writer.prepare_split(

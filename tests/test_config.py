@@ -37,6 +37,7 @@ def test_paper_settings():
     ("lr_warmup_steps", -1, "config.lr_warmup_steps=-1"),
     ("grad_clip_norm", -1.0, "config.grad_clip_norm=-1.0 must be a number >= 0"),
     ("eval_split", "eval/test", "config.eval_split='eval/test' must be a split name"),
+    ("tensorboard", None, "config.tensorboard=None must be True or False"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()

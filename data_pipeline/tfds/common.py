@@ -44,6 +44,7 @@ from data_pipeline import schema
 from data_pipeline import windowing
 from data_pipeline import writer
 from data_pipeline.video import Video
+from htt_jax import storage
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": f"Storage windows of data_pipeline/schema.py version "
@@ -269,7 +270,7 @@ class WindowedVideoBuilder(tfds.core.GeneratorBasedBuilder):
       part = windows[start:start + length]
       shards.append({"file": name, "records": length, "videos": len({i for i, _ in part}),
                      "stored_frames": sum(len(w.positions) for _, w in part),
-                     "bytes": tf.io.gfile.stat(os.path.join(folder, name)).length})
+                     "bytes": storage.size(os.path.join(folder, name))})
       start += length
     num_joints, num_hands = self._joints_and_hands()
     format_config = schema.record_config(
