@@ -14,14 +14,20 @@ from typing import Any, Optional
 
 import orbax.checkpoint as ocp
 
-from htt_jax import config_lib
+from htt_jax import config_lib, storage
 
 VARIABLES = "variables"
 METADATA = "metadata"
 
 
+def _absolute(directory: str) -> str:
+  """A local folder made absolute (Orbax wants one); a URL (gs://...) as it is: os.path.abspath
+  would turn it into <cwd>/gs:/bucket/..., a local folder."""
+  return directory if storage.is_url(directory) else os.path.abspath(directory)
+
+
 def _manager(directory: str, **options) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(directory),
+  return ocp.CheckpointManager(_absolute(directory),
                                options=ocp.CheckpointManagerOptions(**options))
 
 
@@ -35,12 +41,12 @@ def save_variables(directory: str, variables, step: int = 0,
   }), force=True)
   manager.wait_until_finished()
   manager.close()
-  return os.path.join(os.path.abspath(directory), str(step))
+  return os.path.join(_absolute(directory), str(step))
 
 
 def restore_variables(directory: str, step: Optional[int] = None) -> tuple[Any, dict]:
   """(variables, metadata) of `step` (default: the latest) in a checkpoint directory."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
   import jax  # pylint: disable=g-import-not-at-top
   manager = _manager(directory, create=False, read_only=True)
@@ -66,6 +72,36 @@ class UnrestorableError(config_lib.ConfigError):
   """A workdir holds checkpoints and none of them restores: never a reason to start afresh."""
 
 
+class StorageError(config_lib.ConfigError):
+  """The workdir's storage refused a write (full, over quota, read-only): not a bug to report but
+  a fault to fix, so one `error:` line (htt_jax/cli.py) naming the file or folder, the step and
+  the newest complete checkpoint, which is intact and which a rerun resumes from."""
+
+
+# What the operating system says (errno) or Orbax/TensorStore write (text, where the errno is
+# lost inside a C++ status) for each storage fault; anything else is left as the error it is.
+_STORAGE_FAULTS = (
+    (28, ("no space left on device", "os_error_code='28'"), "no space left on device"),
+    (122, ("disk quota exceeded", "os_error_code='122'"), "disk quota exceeded"),
+    (27, ("file too large", "os_error_code='27'"), "file too large (a file size limit)"),
+    (30, ("read-only file system", "os_error_code='30'"), "read-only file system"),
+)
+
+
+def storage_fault(error: BaseException) -> Optional[str]:
+  """'no space left on device' (etc.) when `error` or an exception it was raised from is a
+  storage fault; None otherwise."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    text = str(error).lower()
+    for errno, texts, reason in _STORAGE_FAULTS:
+      if getattr(error, "errno", None) == errno or any(t in text for t in texts):
+        return reason
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def _reason(error: BaseException) -> str:
   text = (str(error).strip().splitlines() or [""])[0]
   return f"{type(error).__name__}: {text[:300]}"
@@ -89,11 +125,15 @@ class TrainCheckpointer:
   """
 
   def __init__(self, directory: str, save_every_steps: int, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = _absolute(directory)
     self.save_every_steps = max(1, save_every_steps)
+    # cleanup_tmp_directories: a save killed in flight leaves `<step>.orbax-checkpoint-tmp`
+    # (never a step: Orbax renames it only once complete); it is removed here, not resumed from.
     self.manager = _manager(self.directory, create=True, max_to_keep=keep,
-                            enable_async_checkpointing=async_save)
+                            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
     self.restored_step, self.skipped = None, []
+    self._in_flight = None  # The step whose async save may still be running (or have failed).
+    self.failed = False  # A StorageError was raised: close() then only releases the manager.
 
   def should_save(self, step: int) -> bool:
     """True every `save_every_steps` steps, and when the cluster signals a preemption."""
@@ -103,13 +143,47 @@ class TrainCheckpointer:
     return self.manager.reached_preemption(step)
 
   def save(self, step: int, state, metadata: dict) -> None:
-    """Starts an async save of `state` (a steps.TrainState) as `step` (forced)."""
-    self.manager.save(step, args=ocp.args.Composite(**{
+    """Starts an async save of `state` (a steps.TrainState) as `step` (forced). A storage fault
+    of the previous save (it fails in Orbax's background thread) or of this one's start is a
+    StorageError naming the step that failed."""
+    # The previous save first: Orbax waits for it inside save() anyway, but then its failure would
+    # read as this step's.
+    self._guard(self._in_flight, self.manager.wait_until_finished)
+    self._in_flight = step
+    self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(**{
         VARIABLES: ocp.args.StandardSave({"params": state.params,
                                           "batch_stats": state.batch_stats}),
         TRAIN: ocp.args.StandardSave({"opt_state": state.opt_state, "step": state.step}),
         METADATA: ocp.args.JsonSave(metadata),
-    }), force=True)
+    }), force=True))
+
+  def complete_steps(self) -> list:
+    """The step folders on storage now, newest first (Orbax gives a step its name only once all
+    of it is written), without the manager's cached list, which already holds a step in flight."""
+    # storage.listdir, not epath's iterdir: on gs:// it reads the store's current listing, not
+    # gcsfs's cached one (storage._path).
+    return sorted((int(name) for name in storage.listdir(self.directory) if name.isdigit()),
+                  reverse=True)
+
+  def intact(self, failed_step: Optional[int] = None) -> str:
+    """'the newest complete checkpoint, step M, is intact ...' (for a StorageError's message)."""
+    steps = [s for s in self.complete_steps() if failed_step is None or s < failed_step]
+    if not steps:
+      return ("no earlier checkpoint exists: once the storage is fixed, rerunning the same "
+              "command starts the run from step 0")
+    return (f"the newest complete checkpoint, step {steps[0]}, is intact: once the storage is "
+            "fixed, rerunning the same command resumes from it")
+
+  def _guard(self, step: Optional[int], call) -> None:
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless a storage fault)
+      reason = storage_fault(e)
+      if reason is None or step is None:
+        raise
+      self.failed = True
+      raise StorageError(f"checkpoint step {step} could not be saved in {self.directory}: "
+                         f"{reason}; {self.intact(step)}") from e
 
   def steps(self) -> list:
     """The finished steps in the folder, newest first."""
@@ -172,17 +246,20 @@ class TrainCheckpointer:
 
   def set_aside(self, steps) -> list:
     """Renames each unrestorable step folder to `<step>.unrestorable` (process 0; Orbax then no
-    longer sees it as a step); returns the new paths."""
+    longer sees it as a step); returns the new paths. Locally one atomic rename per step; on
+    gs:// a copy of each object then a delete (storage.rename): a kill half-way leaves the step's
+    objects under both names, and the rerun, finding the step still unrestorable, sets it aside
+    again under the next free name."""
     import jax  # pylint: disable=g-import-not-at-top
     moved = []
     for step in steps:
       source = os.path.join(self.directory, str(step))
       target, n = source + ".unrestorable", 1
-      while os.path.exists(target):
+      while storage.exists(target):
         n += 1
         target = f"{source}.unrestorable{n}"
       if jax.process_index() == 0:
-        os.rename(source, target)
+        storage.rename(source, target)
       moved.append(target)
     if moved and jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -191,8 +268,17 @@ class TrainCheckpointer:
     return moved
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._guard(self._in_flight, self.manager.wait_until_finished)
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the save in flight (a StorageError when it failed), then releases the manager.
+    After a StorageError it only releases: the error has been reported once."""
+    try:
+      if not self.failed:
+        self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except  (Orbax re-raises the failed save)
+        if not self.failed:
+          raise

@@ -23,7 +23,6 @@ share, so that the sum of the shares over devices is the global loss; `train_ste
 the share and sums the gradients. Without `axis_name` the shares are the global values.
 """
 
-import jax
 import jax.numpy as jnp
 import optax
 from jax import lax

@@ -12,12 +12,11 @@ Without checkpoints, `config.init.checkpoint` starts a new run (step 0, new opti
 run's or a converted .pth's variables.
 """
 
+import contextlib
 import functools
-import json
 import os
 import signal
 import time
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -26,8 +25,8 @@ from absl import logging
 from clu import metric_writers
 
 import htt_jax
-from htt_jax import (checkpointing, config_lib, evaluate, input_pipeline, metrics_log, parallel,
-                     resume, steps)
+from htt_jax import (checkpointing, config_lib, evaluate, failpoints, input_pipeline, metrics_log,
+                     parallel, resume, steps, storage)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -136,6 +135,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   config_lib.validate_config(config, num_devices=jax.device_count())
   resume.allowed_changes(config)  # A misspelt key fails now, not on the next resume.
+  # A read-only or missing-bucket workdir fails now (PermissionError naming it), not at the first
+  # checkpoint after compiling and training.
+  storage.check_writable(workdir)
   manifest = input_pipeline.load_manifest(config.dataset.data_dir, "train", config)
   eval_split = config.get("eval_split", "")
   if eval_split:  # A missing split should stop the run now, not after training.
@@ -202,16 +204,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batches = input_pipeline.train_batches(config, start_step=start_step)
   train_step, to_device = parallel.make_train_step(config, mesh, schedule)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main)
+  with _storage_faults(f"the TensorBoard events in {workdir} could not be created", ckpt):
+    writer = metric_writer(workdir, enabled=is_main and config.get("tensorboard", True))
   jsonl = None
   if is_main:  # Whole lines of steps 1..start_step, whatever a kill left (metrics_log.py).
-    metrics_log.repair(metrics_log.path_in(workdir), start_step)
-    jsonl = open(metrics_log.path_in(workdir), "a")
+    jsonl = metrics_log.Writer(metrics_log.path_in(workdir), start_step)
   frames_per_step = config.batch_size * config.model.num_frames
   last = {}
   progress = _progress(start_step, total_steps, is_main)
   window_start, window_steps = time.perf_counter(), 0
-  stopped = False
+  stopped, failure = False, None
   try:
     with _SigtermFlag(enabled=jax.process_count() == 1) as sigterm, jax.set_mesh(mesh):
       for step in range(start_step + 1, total_steps + 1):
@@ -222,6 +224,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           _log_compiled(train_step, time.perf_counter() - t0)
           window_start = time.perf_counter()
         state, metrics = train_step(state, batch)
+        failpoints.hit("mid_step", step)  # Dispatched, not finished (docs/faults.md).
         window_steps += 1
         progress.update(1)
         if step % config.log_every_steps == 0 or step == total_steps:
@@ -233,10 +236,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                               / jax.device_count(),
               "num_devices": jax.device_count(), "num_processes": jax.process_count(),
               "epoch": step / steps_per_epoch})
-          writer.write_scalars(step, metrics)
+          with _storage_faults(f"the TensorBoard events in {workdir} could not be written at "
+                               f"step {step}", ckpt):
+            writer.write_scalars(step, metrics)
           if jsonl:
-            jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-            jsonl.flush()
+            with _storage_faults(f"{jsonl.path} could not be written at step {step}", ckpt,
+                                 "the file keeps its previous content"):
+              jsonl.write(step, metrics)
           last = metrics
           window_start, window_steps = time.perf_counter(), 0
         stop = sigterm.received or ckpt.reached_preemption(step)
@@ -245,27 +251,74 @@ def train_and_evaluate(config, workdir: str) -> dict:
           _check_finite(step, {k: float(v) for k, v in jax.device_get(metrics).items()})
           paused = time.perf_counter()
           ckpt.save(step, state, _metadata(config, step, steps_per_epoch, data))
+          failpoints.hit("final_save" if step == total_steps else "async_save", step)
           window_start += time.perf_counter() - paused  # Throughput excludes checkpointing.
         if stop:
           stopped = True
           logging.warning("stopping at step %d on %s; the checkpoint is saved",
                           step, "SIGTERM" if sigterm.received else "preemption")
           break
+  except BaseException as e:
+    failure = e
+    raise
   finally:
     # Dropped explicitly: left to the function's return, the tf.data iterator's destructor could
     # wait tens of seconds on a pipeline thread (docs/training.md); deleted here it is immediate.
     del batches
     progress.close()
-    ckpt.close()
-    writer.flush()
-    if jsonl:
-      jsonl.close()
+    # ckpt.close waits for the save in flight: its storage fault (a StorageError) is raised here.
+    # After another error, theirs are only logged, so that the first error is the one reported.
+    for finish in (ckpt.close, functools.partial(_flush, writer, workdir, ckpt)):
+      try:
+        finish()
+      except Exception as e:  # pylint: disable=broad-except
+        if failure is None:
+          raise
+        logging.warning("while stopping after %s: %s: %s", type(failure).__name__,
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
   if eval_split and not stopped:
     output_dir = os.path.join(workdir, "eval", eval_split)
     report = evaluate.evaluate(config, ckpt.directory, output_dir, eval_split)
     logging.info("evaluated split %s: %s", eval_split, os.path.join(output_dir, "metrics.json"))
     last = dict(last, eval=report)
   return last
+
+
+def metric_writer(workdir: str, enabled: bool = True):
+  """clu's default writer: the log, plus (when `enabled`) TensorBoard event files in `workdir`.
+
+  Built here rather than by `create_default_writer(workdir)`, which first makes `workdir` an
+  etils.epath Path: that fails for ram:// (the scheme the tests use for what TensorFlow writes).
+  The events go through TensorFlow's file system
+  (`tf.summary.create_file_writer`), so a gs:// workdir is written by TensorFlow's GCS client as in
+  big_vision; config.tensorboard=False leaves the log only (no TensorFlow writer is made).
+  """
+  if not enabled:
+    return metric_writers.create_default_writer(just_logging=True)
+  from clu.metric_writers import summary_writer  # pylint: disable=g-import-not-at-top
+  return metric_writers.AsyncMultiWriter([metric_writers.LoggingWriter(),
+                                          summary_writer.SummaryWriter(workdir)])
+
+
+def _flush(writer, workdir: str, ckpt) -> None:
+  with _storage_faults(f"the TensorBoard events in {workdir} could not be written", ckpt):
+    writer.flush()
+
+
+@contextlib.contextmanager
+def _storage_faults(what: str, ckpt, note: str = ""):
+  """A storage fault (full, read-only, ...) inside becomes a StorageError: `what`, the fault, and
+  the newest complete checkpoint; any other error passes unchanged."""
+  try:
+    yield
+  except checkpointing.StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (TensorFlow raises its own types)
+    reason = checkpointing.storage_fault(e)
+    if reason is None:
+      raise
+    raise checkpointing.StorageError(
+        f"{what}: {reason}{f' ({note})' if note else ''}; {ckpt.intact()}") from e
 
 
 def _progress(start: int, total: int, enabled: bool):

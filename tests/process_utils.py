@@ -1,5 +1,6 @@
 """Running training processes from tests: deadlines, clean kills, and reading what they wrote."""
 
+import hashlib
 import os
 import signal
 import socket
@@ -64,3 +65,14 @@ def tail(path, chars: int = 3000) -> str:
 def read_metrics(workdir) -> list:
   """The complete lines of workdir/train_metrics.jsonl so far ([] before the first)."""
   return metrics_log.read(metrics_log.path_in(str(workdir)))
+
+
+def file_hashes(root) -> dict:
+  """{relative path: sha256} of every file under `root` (a new, removed or changed file shows)."""
+  found = {}
+  for folder, _, files in os.walk(root):
+    for name in files:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return found

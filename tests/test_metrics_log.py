@@ -62,3 +62,30 @@ def test_a_bad_line_before_the_last_is_an_error(tmp_path):
     metrics_log.read(str(path))
   with pytest.raises(ValueError, match=r"line 2 is not JSON"):
     metrics_log.repair(str(path), 3)
+
+
+def test_the_writer_replaces_the_whole_file_at_each_step(tmp_path, monkeypatch):
+  # A rerun resuming from step 2 after a kill that left step 3's line and a torn step 4.
+  path = tmp_path / metrics_log.FILE_NAME
+  path.write_text(_lines(1, 2, 3) + '{"step": 4, "lo')
+  writer = metrics_log.Writer(str(path), 2)
+  assert path.read_text() == _lines(1, 2)  # repaired before the first step
+  inode = path.stat().st_ino
+  writer.write(3, {"loss": 1.0 / 3})
+  assert path.read_text() == _lines(1, 2, 3)
+  assert path.stat().st_ino != inode  # a new file renamed over the old one, not an append
+
+  # A failure half-way through a write (what the metrics_write failpoint's SIGKILL interrupts)
+  # leaves the previous complete file; a later write starts again from the writer's lines.
+  def fail(name, step):
+    assert (name, step) == ("metrics_write", 4)
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(metrics_log.failpoints, "hit", fail)
+  with pytest.raises(OSError, match="No space"):
+    writer.write(4, {"loss": 1.0 / 4})
+  assert path.read_text() == _lines(1, 2, 3)
+  assert [p.name for p in tmp_path.iterdir()] == [metrics_log.FILE_NAME]  # temporary removed
+  monkeypatch.undo()
+  writer.write(4, {"loss": 1.0 / 4})
+  assert path.read_text() == _lines(1, 2, 3, 4)

@@ -4,7 +4,6 @@
 never a fresh start; a torn newest step falls back to the previous one and is moved aside, not
 deleted. One trained workdir (4 smoke steps, checkpoints at 2 and 4) is copied per case."""
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 
 from conftest import ROOT, load_config, prepare_tiny_synthetic
 from htt_jax import checkpointing, config_lib, metrics_log, models, resume, train
-from process_utils import env_for
+from process_utils import env_for, file_hashes
 
 STEPS = 4
 OVERRIDES = {"model.num_frames": 8, "model.window": 8, "num_train_steps": STEPS,
@@ -57,17 +56,6 @@ def _copy(trained, tmp_path):
   return shutil.copytree(trained, tmp_path / "run")
 
 
-def _hashes(root):
-  """sha256 of every file under root, by relative path (a new, removed or changed file shows)."""
-  found = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(folder, name)
-      with open(path, "rb") as f:
-        found[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return found
-
-
 def _script(data_dir, workdir, **changes):
   """scripts/train.py on the smoke config; (exit code, the `error:` lines of stderr)."""
   flags = {**OVERRIDES, "dataset.data_dir": data_dir, **changes}
@@ -81,25 +69,25 @@ def _script(data_dir, workdir, **changes):
 
 def test_changed_model_size_is_refused_and_no_file_changes(data_dir, trained, tmp_path):
   workdir = _copy(trained, tmp_path)
-  before = _hashes(workdir)
+  before = file_hashes(workdir)
   rc, errors = _script(data_dir, workdir, **{"model.hidden_dim": 32})
   assert rc == 1 and len(errors) == 1, errors
   assert "model.hidden_dim: 64 -> 32" in errors[0]
   assert f"checkpoint step 4 in {workdir / 'checkpoints'}" in errors[0]
   assert "--config.resume_allow_changes=model.hidden_dim;" in errors[0]
-  assert _hashes(workdir) == before
+  assert file_hashes(workdir) == before
 
 
 def test_changed_batch_size_and_learning_rate_are_each_named(data_dir, trained, tmp_path):
   # In process (the command line's `error:` form is the test above's): the same ConfigError.
   workdir = _copy(trained, tmp_path)
-  before = _hashes(workdir)
+  before = file_hashes(workdir)
   with pytest.raises(config_lib.ConfigError) as error:
     train.train_and_evaluate(_config(data_dir, batch_size=4, learning_rate=2e-4), str(workdir))
   message = str(error.value)
   assert "batch_size: 2 -> 4" in message and "learning_rate: 0.0001 -> 0.0002" in message
   assert "resume_allow_changes=batch_size,learning_rate;" in message
-  assert _hashes(workdir) == before
+  assert file_hashes(workdir) == before
 
 
 def test_every_checkpoint_file_truncated_is_an_error_and_nothing_changes(data_dir, trained,
@@ -110,12 +98,12 @@ def test_every_checkpoint_file_truncated_is_an_error_and_nothing_changes(data_di
       path = os.path.join(folder, name)
       with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-  before = _hashes(workdir)
+  before = file_hashes(workdir)
   rc, errors = _script(data_dir, workdir)
   assert rc == 1 and len(errors) == 1, errors
   assert f"no checkpoint in {workdir / 'checkpoints'} can be restored" in errors[0]
   assert "step 4: " in errors[0] and "step 2: " in errors[0]
-  assert _hashes(workdir) == before  # nothing trained, written, moved or deleted
+  assert file_hashes(workdir) == before  # nothing trained, written, moved or deleted
 
 
 def test_allowed_change_continues_and_the_new_config_is_then_the_run_s(data_dir, trained,
