@@ -58,4 +58,8 @@ def run_demo(config, workdir: str) -> dict:
   table = format_table(report, config.model.num_actions)
   print(f"\nheld-out synthetic subjects ({report['num_videos']} videos):\n{table}\n"
         f"metrics: {os.path.join(output_dir, 'metrics.json')}; PCK curves: {output_dir}/*.png")
+  # The model at work on one held-out video: overlay.mp4 and the figures (htt_jax/demo_video.py).
+  from htt_jax import demo_video  # pylint: disable=g-import-not-at-top
+  video_summary = demo_video.render_held_out_video(config, workdir)
+  print(demo_video.describe(video_summary, os.path.join(workdir, "video")))
   return report

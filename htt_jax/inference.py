@@ -9,7 +9,7 @@ Output: joints2d (N,J,2) px, depth (N,J) m, joints3d (N,J,3) m, object_probs (N,
   loss/action, loss/total over all the clips.
 """
 
-from typing import Mapping, Optional
+from typing import Iterable, Iterator, Mapping, Optional
 
 import jax
 import numpy as np
@@ -23,6 +23,8 @@ LABEL_KEYS = ("joints25d", "joints3d", "object", "action")
 OUTPUT_KEYS = ("joints2d", "depth", "joints3d", "object_probs")
 # What predict returns or needs for the losses.
 _KEEP = ("raw_pose",) + OUTPUT_KEYS + ("object_logits", "action_logits", "action_probs")
+# What `stream` returns: per-frame outputs and the attention maps of the paper's Figs. 6 and 7.
+STREAM_KEYS = OUTPUT_KEYS + ("action_probs", "pose_attention", "action_attention")
 
 
 def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input") -> dict:
@@ -91,6 +93,7 @@ class Predictor:
     self._forward = parallel.Forward(config, parallel.create_mesh(jax.local_devices()),
                                      self.batch_size, keys=_KEEP)
     self.variables = self._forward.place(variables)
+    self._attention_forward = None
 
   @classmethod
   def from_checkpoint(cls, config, checkpoint_dir: str, step: Optional[int] = None, **kwargs):
@@ -119,3 +122,22 @@ class Predictor:
       terms = losses_lib.losses_from_config(outputs, batch, self.config)
       result.update({k: np.asarray(v) for k, v in terms.items()})
     return result
+
+  def stream(self, batches: Iterable[Mapping[str, np.ndarray]]) -> Iterator[dict]:
+    """Runs batches of clips as they come (a video's, decoded while the model runs), each through
+    the same compiled forward as evaluation, with the attention maps.
+
+    Each batch: image (C,T,H,W,3), intrinsics (C,T,3,3), not_padding (C,T) for C >= 1 clips; yields
+    per batch joints2d (C,T,J,2), depth, joints3d, object_probs, action_probs (C,n_a),
+    pose_attention (C,L,T/t,t,t), action_attention (C,L,T+1,T+1). Batches of `batch_size` clips
+    compile once (a smaller last one is padded).
+    """
+    if self._attention_forward is None:
+      self._attention_forward = parallel.Forward(
+          self.config, self._forward.mesh, self.batch_size, return_attention=True,
+          keys=STREAM_KEYS)
+    for batch in batches:
+      inputs = {"image": batch["image"],
+                "intrinsics": np.asarray(batch["intrinsics"], np.float32),
+                "not_padding": np.asarray(batch["not_padding"], np.float32)}
+      yield self._attention_forward(self.variables, inputs)

@@ -12,6 +12,9 @@ backward) or conv_layers (each distinct convolution: forward, input and kernel g
   python scripts/benchmark.py --config=configs/benchmark.py --mode=backbone \
       --output=runs/bench/backbone.json --config.baseline=torch --config.cpu_threads=2
 
+video: predict_video on a generated mp4 (decode, model and overlay overlapped) against the
+forward pass alone (docs/video.md); needs no dataset.
+
 Writes F.json (one object per setting), F.md (a table) and F.png (frames/s against batch size;
 for conv_layers each convolution's time). With --config.baseline=torch the PyTorch counterpart
 runs in its own process on the same CPUs (htt_jax/baselines/).
@@ -27,7 +30,7 @@ from htt_jax import cli
 config_flags.DEFINE_config_file("config", None, "Benchmark config file.", lock_config=True)
 # runner.MODES (not imported here: JAX must not start before cpu_flags.configure).
 flags.DEFINE_enum("mode", "train", ["train", "eval", "input", "end_to_end", "backbone",
-                                    "conv_layers"], "What to time.")
+                                    "conv_layers", "video"], "What to time.")
 flags.DEFINE_string("output", None, "Results file F.json (F.md and F.png are written beside it).")
 flags.mark_flags_as_required(["config", "output"])
 FLAGS = flags.FLAGS

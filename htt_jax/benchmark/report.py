@@ -50,7 +50,8 @@ _COLUMNS = (
 )
 
 
-_TITLES = {"backbone": "ResNet-18 alone", "conv_layers": "ResNet-18's convolutions alone"}
+_TITLES = {"backbone": "ResNet-18 alone", "conv_layers": "ResNet-18's convolutions alone",
+           "video": "predict_video end to end against the forward pass alone"}
 
 # --mode=backbone: ResNet-18 alone, ours and PyTorch's times side by side.
 _CELL = dict(_COLUMNS)
@@ -73,6 +74,24 @@ _BACKBONE_COLUMNS = (
 )
 
 _GRADIENTS = ("forward", "dgrad", "wgrad")
+
+
+# --mode=video (video_mode.py): end to end against the model alone, and where the time went.
+_VIDEO_COLUMNS = (
+    ("setting", _CELL["setting"]),
+    ("clips per batch", lambda r: str(r["video_batch_size"])),
+    ("model H x W", _CELL["H x W"]),
+    ("video H x W, frames", lambda r: "x".join(map(str, r["video_size"]))
+                                      + f", {r['video_frames']}"),
+    ("T/t", _CELL["T/t"]),
+    ("model alone frames/s", lambda r: _fmt(r["model_frames_per_second"])),
+    ("end to end frames/s", lambda r: _fmt(r["frames_per_second"])),
+    ("end to end / model", lambda r: _fmt(r["fraction_of_model"], 0, 100) + "%"),
+    ("ms/frame decode / model / render", lambda r: " / ".join(
+        _fmt(r[f"{s}_ms_per_frame"], 2) for s in ("decode", "model", "render"))),
+    ("share of wall decode / model / render", lambda r: " / ".join(
+        _fmt(r[f"{s}_share"], 0, 100) + "%" for s in ("decode", "model", "render"))),
+)
 
 
 def _conv_layer_table(rows: Sequence[Dict[str, Any]]) -> List[str]:
@@ -111,6 +130,11 @@ def summary(row: Dict[str, Any]) -> str:
   if row["mode"] == "backbone":
     text += (f" (forward {row['forward_time_ms_median']:.1f} ms, backward "
              f"{row['backward_time_ms_median']:.1f} ms)")
+  if row["mode"] == "video":
+    text += (f" (model alone {row['model_frames_per_second']:.1f} frames/s: "
+             f"{100 * row['fraction_of_model']:.0f}%; busy ms/frame decode "
+             f"{row['decode_ms_per_frame']:.2f}, model {row['model_ms_per_frame']:.2f}, render "
+             f"{row['render_ms_per_frame']:.2f})")
   if row.get("speedup_vs_baseline"):
     text += f", {row['speedup_vs_baseline']:.2f}x the PyTorch baseline"
   return text
@@ -130,12 +154,12 @@ def markdown(rows: Sequence[Dict[str, Any]]) -> str:
               "percentile of the timed steps; throughput from the median step.", ""]
   if mode == "conv_layers":
     return "\n".join(lines + _conv_layer_table(rows)) + "\n"
-  columns = _BACKBONE_COLUMNS if mode == "backbone" else _COLUMNS
+  columns = {"backbone": _BACKBONE_COLUMNS, "video": _VIDEO_COLUMNS}.get(mode, _COLUMNS)
   lines.append("| " + " | ".join(name for name, _ in columns) + " |")
   lines.append("|" + "---|" * len(columns))
   for row in rows:
     lines.append("| " + " | ".join(cell(row) for _, cell in columns) + " |")
-  if mode != "backbone" and any(row["platform"] == "gpu" for row in rows):
+  if mode not in ("backbone", "video") and any(row["platform"] == "gpu" for row in rows):
     # Seen with jax 0.11.2 on an H100: 0.1-0.3 GFLOP/frame against 28 for the model.
     lines += ["", "On GPUs XLA's cost analysis leaves out the convolutions, which run as cuDNN "
               "custom calls, so its FLOP column is far below the model's; TFLOP/s and MFU use "

@@ -17,10 +17,10 @@ from typing import Any, Dict, List, Optional
 import jax
 from absl import logging
 
-from htt_jax import config_lib
-from htt_jax.benchmark import backbone, baseline, hardware, measure, report, sweep
+from htt_jax import config_lib, storage
+from htt_jax.benchmark import backbone, baseline, hardware, measure, report, sweep, video_mode
 
-MODES = measure.MODES + backbone.MODES
+MODES = measure.MODES + backbone.MODES + video_mode.MODES
 
 
 def _describe(config) -> Dict[str, Any]:
@@ -67,13 +67,17 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
   if jax.process_index() != 0:
     output = None
   json_path = report.output_paths(output)[0] if output else None
+  if json_path:  # a missing bucket or folder stops the run now, not after the measurements
+    storage.check_writable(os.path.dirname(json_path) or ".")
   rows = []
   for i, (overrides, setting) in enumerate(settings):
     logging.info("benchmark %s, setting %d/%d: %s", mode, i + 1, len(settings),
                  sweep.label(overrides))
     row = {"mode": mode, "setting": sweep.label(overrides), "overrides": overrides,
            **_describe(setting)}
-    row.update((backbone if mode in backbone.MODES else measure).measure(setting, mode))
+    module = (backbone if mode in backbone.MODES else
+              video_mode if mode in video_mode.MODES else measure)
+    row.update(module.measure(setting, mode))
     result = None
     if setting.baseline == "torch" and mode in baseline.BASELINE_MODES:
       result = baselines(setting, mode, row["num_devices"])

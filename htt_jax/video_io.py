@@ -1,0 +1,253 @@
+"""Frames in and out of `scripts/predict_video.py`: streamed decoding (a video file through PyAV,
+or a folder of images), the camera of the input, the letterbox that fits a frame to the network's
+`dataset.image_size`, and the H.264 writer of overlay.mp4.
+
+Every check that can be made without decoding the whole input is made when the source is opened
+(missing path, not a video, no video stream, first frame undecodable, mixed sizes in a folder,
+frames smaller than the backbone's stride), so a bad input fails before anything is compiled.
+Errors are `config_lib.ConfigError` (or FileNotFoundError) naming the file. No JAX here.
+"""
+
+import dataclasses
+import math
+import os
+from fractions import Fraction
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from htt_jax import config_lib
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_FPS = 30
+
+
+def _error(path: str, message: str) -> config_lib.ConfigError:
+  return config_lib.ConfigError(f"{path}: {message}")
+
+
+class FrameSource:
+  """A video's frames in order, decoded one at a time: `size` (H, W) and `fps` are known when the
+  source is opened; `declared_frames` is what the container says (None when it does not say)."""
+
+  path: str
+  size: Tuple[int, int]
+  fps: Fraction
+  declared_frames: Optional[int]
+
+  def __iter__(self) -> Iterator[np.ndarray]:
+    raise NotImplementedError
+
+
+class FolderSource(FrameSource):
+  """png/jpg files of a folder in name order. Sizes come from the files' headers (no decoding)."""
+
+  def __init__(self, path: str, fps: Optional[float]):
+    self.path = path
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+    if not names:
+      raise _error(path, f"the folder holds no frames (expected {'/'.join(IMAGE_SUFFIXES)} files)")
+    self.files = [os.path.join(path, n) for n in names]
+    sizes = {}
+    for file in self.files:
+      try:
+        with Image.open(file) as image:
+          sizes.setdefault((image.height, image.width), file)
+      except (OSError, SyntaxError, ValueError) as e:
+        raise _error(file, f"not a readable image ({type(e).__name__}: {e})") from None
+    if len(sizes) > 1:
+      (a, first), (b, other) = list(sizes.items())[:2]
+      raise _error(path, f"frames of different sizes: {os.path.basename(first)} is "
+                         f"{a[1]}x{a[0]}, {os.path.basename(other)} is {b[1]}x{b[0]} (WxH); "
+                         "every frame of a video must have the same size")
+    self.size = next(iter(sizes))
+    self.fps = Fraction(fps or DEFAULT_FPS).limit_denominator(1001)
+    self.declared_frames = len(self.files)
+
+  def __iter__(self):
+    for file in self.files:
+      try:
+        with Image.open(file) as image:
+          image.load()
+          yield np.asarray(image.convert("RGB"))
+      except (OSError, SyntaxError, ValueError) as e:
+        raise _error(file, f"cannot decode the frame ({type(e).__name__}: {e})") from None
+
+
+class AvSource(FrameSource):
+  """A video file through PyAV (FFmpeg): one frame decoded at a time, so memory does not grow
+  with the video's length. The first frame is decoded when opening, to fail early."""
+
+  def __init__(self, path: str, fps: Optional[float]):
+    import av  # pylint: disable=g-import-not-at-top
+    self.path, self._av = path, av
+    try:
+      with av.open(path) as container:
+        if not container.streams.video:
+          # An mp4 whose video track has no samples reads back with no video stream at all.
+          raise _error(path, "the video has zero frames (the file holds no video stream)")
+        stream = container.streams.video[0]
+        first = next(iter(container.decode(stream)), None)
+        rate = stream.average_rate or stream.guessed_rate
+        declared = stream.frames
+    except av.error.FFmpegError as e:
+      raise _error(path, f"not a video FFmpeg can decode ({type(e).__name__}: {e})") from None
+    if first is None:
+      raise _error(path, "the video has zero frames")
+    self.size = (first.height, first.width)
+    self.fps = Fraction(fps).limit_denominator(1001) if fps else Fraction(rate or DEFAULT_FPS)
+    self.declared_frames = int(declared) or None
+
+  def __iter__(self):
+    av, count = self._av, 0
+    try:
+      with av.open(self.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+          # A copy: the array PyAV returns keeps FFmpeg's frame buffer alive, and with a few hundred
+          # of them in flight beside XLA the process grew with the video's length (measured).
+          yield np.array(frame.to_ndarray(format="rgb24"))
+          count += 1
+    except av.error.FFmpegError as e:
+      raise _error(self.path, f"the video is corrupt or truncated: decoding failed at frame "
+                              f"{count} ({type(e).__name__}: {e})") from None
+    # FFmpeg stops without an error on an MP4 whose data ends early but whose index is complete.
+    if self.declared_frames and count < self.declared_frames:
+      raise _error(self.path, f"the video is truncated: {count} frames decoded, the stream "
+                              f"declares {self.declared_frames}")
+
+
+def open_source(path: str, fps: Optional[float] = None) -> FrameSource:
+  """A frame folder or a video file; checks what can be checked without decoding it all."""
+  if fps is not None and not (math.isfinite(fps) and fps > 0):
+    raise config_lib.ConfigError(f"--fps={fps} must be a positive number of frames per second")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path}: no such video file or frame folder")
+  source = FolderSource(path, fps) if os.path.isdir(path) else AvSource(path, fps)
+  stride = config_lib.BACKBONE_STRIDE
+  if min(source.size) < stride:
+    raise _error(path, f"frames are {source.size[1]}x{source.size[0]} (WxH), smaller than the "
+                       f"backbone's stride of {stride} px")
+  return source
+
+
+def parse_intrinsics(text: str, source_path: str = "--intrinsics") -> np.ndarray:
+  """'fx,fy,cx,cy' (pixels of the input's own resolution) -> (3, 3) float64."""
+  parts = [p.strip() for p in str(text).split(",")]
+  try:
+    values = [float(p) for p in parts]
+  except ValueError:
+    values = []
+  if len(values) != 4 or not all(math.isfinite(v) for v in values) or min(values[:2]) <= 0:
+    raise config_lib.ConfigError(
+        f"{source_path}={text!r}: expected four numbers fx,fy,cx,cy in pixels of the input "
+        "(fx, fy > 0), e.g. --intrinsics=1395.7,1395.7,935.7,540.7")
+  fx, fy, cx, cy = values
+  return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+def dataset_camera(config) -> Tuple[Tuple[float, float, float, float], Tuple[int, int]]:
+  """(fx, fy, cx, cy) and the (H, W) they are for: the camera of the config's dataset."""
+  name = config.dataset.name
+  if name in ("fpha", "h2o"):
+    import importlib  # pylint: disable=g-import-not-at-top
+    module = importlib.import_module(f"data_pipeline.{name}")
+    return (module.FX, module.FY, module.CX, module.CY), tuple(module.FULL_SIZE)
+  from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+  size = tuple(config.dataset.image_size)
+  k = synthetic.intrinsics_for(size)
+  return (k[0, 0], k[1, 1], k[0, 2], k[1, 2]), size
+
+
+def default_intrinsics(config, size: Tuple[int, int]) -> np.ndarray:
+  """The dataset's camera scaled to an input of `size` (H, W); logs that depth is approximate."""
+  (fx, fy, cx, cy), full = dataset_camera(config)
+  sx, sy = size[1] / full[1], size[0] / full[0]
+  logging.warning(
+      "no --intrinsics: using the %s camera scaled to %dx%d (WxH); depth and 3D are approximate "
+      "unless the video was filmed with that camera", config.dataset.name, size[1], size[0])
+  return np.array([[fx * sx, 0.0, cx * sx], [0.0, fy * sy, cy * sy], [0.0, 0.0, 1.0]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Letterbox:
+  """Fits an input of `source` (H, W) into `target` (H, W) keeping the aspect ratio: scaled by
+  `scale` (PIL bilinear), placed at (`left`, `top`), the rest black. A pixel u of the input lands
+  at u * scale + left, so the principal point moves the same way and 2D outputs map back."""
+  source: Tuple[int, int]
+  target: Tuple[int, int]
+
+  @property
+  def scale(self) -> float:
+    return min(self.target[0] / self.source[0], self.target[1] / self.source[1])
+
+  @property
+  def inner(self) -> Tuple[int, int]:
+    return (max(1, round(self.source[0] * self.scale)), max(1, round(self.source[1] * self.scale)))
+
+  @property
+  def offset(self) -> Tuple[int, int]:
+    """(left, top) in target pixels."""
+    return ((self.target[1] - self.inner[1]) // 2, (self.target[0] - self.inner[0]) // 2)
+
+  def _scales(self) -> Tuple[float, float]:
+    return self.inner[1] / self.source[1], self.inner[0] / self.source[0]
+
+  def image(self, frame: np.ndarray) -> np.ndarray:
+    if tuple(frame.shape[:2]) != tuple(self.source):
+      raise ValueError(f"a frame of {frame.shape[:2]}, the video's frames are {self.source}")
+    if tuple(self.source) == tuple(self.target):
+      return frame
+    inner = Image.fromarray(frame).resize((self.inner[1], self.inner[0]),
+                                          Image.Resampling.BILINEAR)
+    out = np.zeros(tuple(self.target) + (3,), np.uint8)
+    left, top = self.offset
+    out[top:top + self.inner[0], left:left + self.inner[1]] = np.asarray(inner)
+    return out
+
+  def intrinsics(self, k: np.ndarray) -> np.ndarray:
+    """Intrinsics of the input -> those of the letterboxed image."""
+    (sx, sy), (left, top) = self._scales(), self.offset
+    out = np.array(k, np.float64)
+    out[0] *= sx
+    out[1] *= sy
+    out[0, 2] += left
+    out[1, 2] += top
+    return out
+
+  def to_source(self, points: np.ndarray) -> np.ndarray:
+    """(..., 2) pixels of the letterboxed image -> pixels of the input."""
+    (sx, sy), (left, top) = self._scales(), self.offset
+    points = np.asarray(points, np.float64)
+    return np.stack([(points[..., 0] - left) / sx, (points[..., 1] - top) / sy], -1)
+
+
+class OverlayWriter:
+  """H.264 frames at the input's size and rate into `path` (an mp4; the caller gives a temporary
+  name and renames it when complete). 4:2:0 needs even sizes; odd ones use 4:4:4."""
+
+  def __init__(self, path: str, size: Tuple[int, int], fps: Fraction):
+    import av  # pylint: disable=g-import-not-at-top
+    self.container = av.open(path, "w", format="mp4", options={"movflags": "faststart"})
+    self.stream = self.container.add_stream("libx264", rate=fps)
+    self.stream.height, self.stream.width = size
+    self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
+    self.stream.options = {"preset": "veryfast", "crf": "23"}
+    self._av = av
+
+  def write(self, frame: np.ndarray) -> None:
+    picture = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    for packet in self.stream.encode(picture):
+      self.container.mux(packet)
+
+  def close(self, flush: bool = True) -> None:
+    try:
+      if flush:
+        for packet in self.stream.encode():
+          self.container.mux(packet)
+    finally:
+      self.container.close()
+

@@ -1,0 +1,201 @@
+"""`predict_video`: HTT on a video file or a folder of frames, the job of
+`scripts/predict_video.py` (docs/video.md).
+
+Order: every check of the input (path, decodability, sizes, intrinsics) and of the checkpoint
+(its parameters against the config's heads) comes before anything is compiled; then the frames
+stream through `video.run_overlapped` (decode | model | collect and draw overlay.mp4); then the
+figures, predictions.npz and predictions.json are written, and overlay.mp4 is renamed into place
+last. Every file goes through `storage` (atomic); if anything fails, the files this run wrote are
+removed, and `output_dir` too when this run created it, so a failure leaves nothing behind.
+"""
+
+import contextlib
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+from htt_jax import checkpointing, config_lib, storage, video, video_io, video_render
+
+OUTPUTS = ("predictions.npz", "predictions.json", "overlay.mp4", "figures")
+
+
+def check_heads(variables, config, checkpoint_dir: str) -> None:
+  """ConfigError naming the checkpoint when its parameters do not have the config's shapes."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from htt_jax.models import build_model, init_variables  # pylint: disable=g-import-not-at-top
+  model = build_model(config)
+  expected = jax.eval_shape(lambda rng: init_variables(model, rng, config), jax.random.key(0))
+  want = {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(expected["params"])}
+  have = {jax.tree_util.keystr(k): tuple(np.shape(v))
+          for k, v in jax.tree_util.tree_leaves_with_path(variables.get("params", {}))}
+  diff = [f"{k}: checkpoint {have.get(k, 'missing')}, config {want.get(k, 'absent')}"
+          for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+  if diff:
+    raise config_lib.ConfigError(
+        f"{checkpoint_dir}: the checkpoint's parameters do not match the config (heads "
+        f"num_joints={config.model.num_joints}, num_objects={config.model.num_objects}, "
+        f"num_actions={config.model.num_actions}): " + "; ".join(diff[:4])
+        + (f"; and {len(diff) - 4} more" if len(diff) > 4 else ""))
+
+
+def vocabulary(config, metadata: dict) -> dict:
+  """Action and object names: the checkpoint's, the prepared data's, the demo data's; else {}."""
+  counts = {"actions": config.model.num_actions, "objects": config.model.num_objects}
+  candidates = [metadata.get("vocabulary")]
+  data_dir = config.dataset.get("data_dir", "")
+  if data_dir:
+    from data_pipeline import schema  # pylint: disable=g-import-not-at-top
+    for split in ("train", "test", "val"):
+      with contextlib.suppress(OSError, ValueError):
+        with open(schema.manifest_path(data_dir, split)) as f:
+          candidates.append(json.load(f).get("vocabulary"))
+          break
+  if "demo_data" in config:
+    from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
+    fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
+    with contextlib.suppress(TypeError, ValueError):
+      candidates.append(synthetic.load_vocabulary(synthetic.SyntheticConfig(**fields)))
+  for names in candidates:
+    if names and all(len(names.get(k) or []) == n for k, n in counts.items()):
+      return {k: list(names[k]) for k in counts}
+  return {"actions": None, "objects": None}
+
+
+def _figures(folder: str, collector: video.Collector, arrays: dict, names: dict, fps: float,
+             window: int, written: list) -> None:
+  actions = names["actions"] or [str(i) for i in range(len(arrays["video_action_probs"]))]
+  path = os.path.join(folder, "timeline.png")
+  written.append(path)
+  video_render.timeline(path, arrays["frame_index"], arrays["action_probs"],
+                        arrays["video_action_probs"], actions, fps)
+  for index in video.FIG7_CLIPS:
+    clip = collector.figure_clips.get(index)
+    if clip is None:
+      continue
+    probs = collector.clips[index]["action_probs"]
+    best = int(np.argmax(probs))
+    path = os.path.join(folder, f"fig7_clip{index}.png")
+    written.append(path)
+    video_render.fig7(
+        path, clip["thumbnails"], clip["frame_numbers"], collector.clips[index]["attention"],
+        clip["not_padding"], f"clip {index}: frames {collector.clips[index]['first_frame']}-"
+        f"{collector.clips[index]['last_frame']}, action token's attention (last layer of A); "
+        f"predicted {actions[best]} ({probs[best]:.2f})")
+  clip = collector.figure_clips.get(0)
+  for w in range(min(video.FIG6_WINDOWS, len(clip["pose_attention"]) if clip else 0)):
+    frames = [j for j in range(w * window, (w + 1) * window) if j < clip["valid"]]
+    if not frames:
+      break
+    shown = [frames[i] for i in video_render._spread(len(frames), video.FIG6_FRAMES)]  # pylint: disable=protected-access
+    middle = frames[len(frames) // 2]
+    path = os.path.join(folder, f"fig6_window{w}.png")
+    written.append(path)
+    video_render.fig6(
+        path, [clip["thumbnails"][j] for j in shown],
+        [clip["joints2d"][j] * clip["scale"] for j in shown], clip["joints3d"][middle],
+        clip["pose_attention"][w][:len(frames), :len(frames)],
+        [int(clip["frame_numbers"][j]) for j in shown],
+        f"clip 0, window {w}: 2D projection, 3D pose of frame "
+        f"#{int(clip['frame_numbers'][middle])}, final-layer attention of P")
+
+
+def _summary(source, arrays: dict, collector: video.Collector, names: dict) -> dict:
+  label = lambda kind, i: video_render.label(names[kind], i)
+  probs = arrays["video_action_probs"]
+  return {
+      "video": source.path, "num_frames": int(len(arrays["frame_index"])),
+      "fps": float(source.fps), "size": {"height": source.size[0], "width": source.size[1]},
+      "names": "vocabulary" if names["actions"] else "indices",
+      "top5": [{"action": int(c), "name": label("actions", int(c)),
+                "probability": float(probs[c])} for c in np.argsort(-probs)[:5]],
+      "clips": [{"clip": i, "first_frame": c["first_frame"], "last_frame": c["last_frame"],
+                 "action": int(np.argmax(c["action_probs"])),
+                 "name": label("actions", int(np.argmax(c["action_probs"]))),
+                 "probability": float(np.max(c["action_probs"]))}
+                for i, c in enumerate(collector.clips)],
+  }
+
+
+def prepare_input(config, video_path: str, intrinsics: Optional[str] = None,
+                  fps: Optional[float] = None):
+  """(source, letterbox, network intrinsics (3, 3)): every check of the input, nothing decoded
+  beyond the first frame (the folder's headers)."""
+  source = video_io.open_source(video_path, fps)
+  camera = (video_io.parse_intrinsics(intrinsics) if intrinsics
+            else video_io.default_intrinsics(config, source.size))
+  letterbox = video_io.Letterbox(source.size, tuple(config.dataset.image_size))
+  return source, letterbox, letterbox.intrinsics(camera)
+
+
+def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output_dir: str,
+                  intrinsics: Optional[str] = None, fps: Optional[float] = None,
+                  step: Optional[int] = None, variables=None, overlay: bool = True,
+                  figures: bool = True, timer: Optional[video.Timer] = None,
+                  predictor=None) -> dict:
+  """Runs the model on every frame; writes the outputs; returns predictions.json's content.
+
+  `variables` (with `checkpoint_dir=None`) skips the restore (tests, the benchmark); `predictor`,
+  an `inference.Predictor` of those variables with whole blocks per batch, one already compiled
+  (the benchmark).
+  """
+  config_lib.validate_config(config)
+  source, letterbox, camera = prepare_input(config, video_path, intrinsics, fps)
+  metadata = {}
+  if variables is None:
+    variables, metadata = checkpointing.restore_variables(checkpoint_dir, step)
+  check_heads(variables, config, checkpoint_dir or "variables")
+  names = vocabulary(config, metadata)
+  from htt_jax import inference  # pylint: disable=g-import-not-at-top  (JAX)
+  spacing, t_clip = config.dataset.spacing, config.model.num_frames
+  batch_size = -(-config.eval_batch_size // spacing) * spacing  # whole blocks per batch
+  if predictor is None:
+    predictor = inference.Predictor(config, variables, batch_size=batch_size)
+  timer = timer or video.Timer()
+
+  created = not os.path.isdir(output_dir)
+  written = []
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+      writer = None
+      if overlay:
+        temporary = stack.enter_context(
+            storage.replacing(os.path.join(output_dir, "overlay.mp4")))
+        writer = video_io.OverlayWriter(temporary, source.size, source.fps)
+      collector = video.Collector(letterbox, names, writer, t_clip, config.model.window)
+      batches = video.iter_batches(video.iter_blocks(source, letterbox, t_clip, spacing),
+                                   batch_size // spacing, camera)
+      try:
+        video.run_overlapped(batches, predictor.stream, collector, timer)
+      finally:
+        if writer is not None:
+          writer.close()
+      arrays = collector.arrays()
+      summary = _summary(source, arrays, collector, names)
+      if figures:
+        folder = os.path.join(output_dir, "figures")
+        written.append(folder)
+        _figures(folder, collector, arrays, names, float(source.fps), config.model.window,
+                 written)
+      for name, write in (("predictions.npz", lambda p: storage.save_npz(p, arrays)),
+                          ("predictions.json", lambda p: storage.write_json(p, summary))):
+        written.append(os.path.join(output_dir, name))
+        write(written[-1])
+      # Leaving the stack renames overlay.mp4 into place: the last file, once all the rest exist.
+  except BaseException:
+    for path in reversed(written):
+      with contextlib.suppress(OSError):
+        os.rmdir(path) if os.path.isdir(path) else os.remove(path)
+    if created:
+      with contextlib.suppress(OSError):
+        os.rmdir(output_dir)
+    raise
+  top = summary["top5"][0]
+  logging.info("%s: %d frames, %d clips; video action %s (%.2f); outputs in %s", video_path,
+               summary["num_frames"], len(summary["clips"]), top["name"], top["probability"],
+               output_dir)
+  return summary

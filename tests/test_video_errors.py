@@ -1,0 +1,155 @@
+"""Bad inputs to predict_video: each a clear error naming the file, raised before the model is
+built where the input can tell, and no outputs left behind."""
+
+import os
+import subprocess
+import sys
+
+import av
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, load_config
+from htt_jax import checkpointing, config_lib, inference, video_predict
+from htt_jax.models import build_model, init_variables
+from test_video import moving_frames, write_mp4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A model small enough to compile in seconds (32x32 frames, T=4, t=2) and its variables."""
+  config = load_config("smoke")
+  config.dataset.image_size = (32, 32)
+  config.model.num_frames, config.model.window = 4, 2
+  shapes = jax.eval_shape(lambda r: init_variables(build_model(config), r, config),
+                          jax.random.key(0))
+  return config, jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+  """Fails the test if the model is built: these errors must come before any compilation."""
+  def refuse(*args, **kwargs):
+    raise AssertionError("the model was built before the input was checked")
+  monkeypatch.setattr(inference.Predictor, "__init__", refuse)
+
+
+def _fails(tiny, path, out, match, error=config_lib.ConfigError, **kwargs):
+  config, variables = kwargs.pop("setup", tiny)
+  with pytest.raises(error, match=match):
+    video_predict.predict_video(config, kwargs.pop("checkpoint_dir", None), str(path), str(out),
+                                variables=kwargs.pop("variables", variables), **kwargs)
+  assert not os.path.exists(out), os.listdir(out)
+
+
+def _folder(path, sizes):
+  path.mkdir()
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray(np.full((h, w, 3), 40 * i % 250, np.uint8)).save(path / f"{i:03d}.png")
+  return path
+
+
+def test_errors_found_before_the_model(tiny, no_model, tmp_path):
+  out = tmp_path / "out"
+  _fails(tiny, tmp_path / "nope.mp4", out, r"nope\.mp4: no such video file",
+         error=FileNotFoundError)
+  (tmp_path / "notes.mp4").write_text("not a video\n" * 20)
+  _fails(tiny, tmp_path / "notes.mp4", out, r"notes\.mp4: not a video FFmpeg can decode")
+  (tmp_path / "empty").mkdir()
+  _fails(tiny, tmp_path / "empty", out, r"empty: the folder holds no frames")
+  _fails(tiny, _folder(tmp_path / "mixed", [(40, 64), (40, 64), (48, 64)]), out,
+         r"mixed: frames of different sizes: 000\.png is 64x40, 002\.png is 64x48")
+  _fails(tiny, _folder(tmp_path / "small", [(24, 40)] * 3), out,
+         r"small: frames are 40x24 \(WxH\), smaller than the backbone's stride of 32 px")
+  video = _folder(tmp_path / "good", [(40, 64)] * 3)
+  for text in ("1,2,3", "a,b,c,d", "0,100,20,20", "100,100,nan,20"):
+    _fails(tiny, video, out, r"--intrinsics=.*expected four numbers fx,fy,cx,cy",
+           intrinsics=text)
+  with av.open(str(tmp_path / "zero.mp4"), "w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    container.start_encoding()  # The header, a video track, and no frame.
+  _fails(tiny, tmp_path / "zero.mp4", out, r"zero\.mp4: the video has zero frames")
+
+
+def test_checkpoint_whose_heads_do_not_match(tiny, no_model, tmp_path):
+  config, variables = tiny
+  ckpt = tmp_path / "ckpt"
+  checkpointing.save_variables(str(ckpt), variables, step=1, metadata={})
+  other = config.copy_and_resolve_references()
+  other.model.num_actions = 5
+  _fails(tiny, _folder(tmp_path / "good", [(40, 64)] * 3), tmp_path / "out",
+         r"ckpt: the checkpoint's parameters do not match the config .*num_actions=5.*"
+         r"action_classifier.*checkpoint \(\d+, 16\), config \(\d+, 5\)",
+         setup=(other, None), checkpoint_dir=str(ckpt), variables=None)
+
+
+def test_corrupt_and_truncated_videos_fail_naming_the_frame(tiny, tmp_path):
+  frames = moving_frames(40, 48, 64, noise=255)  # Noise: many bytes per frame, easy to cut.
+  write_mp4(tmp_path / "good.mp4", frames, faststart=True)
+  data = (tmp_path / "good.mp4").read_bytes()
+  with av.open(str(tmp_path / "good.mp4")) as container:
+    ends = [p.pos + p.size for p in container.demux(container.streams.video[0]) if p.size]
+  # Cut exactly after the 20th packet: FFmpeg decodes 20 frames and stops without an error.
+  (tmp_path / "cut.mp4").write_bytes(data[:ends[19]])
+  _fails(tiny, tmp_path / "cut.mp4", tmp_path / "out",
+         r"cut\.mp4: the video is truncated: 20 frames decoded, the stream declares 40")
+  # Garbage in the middle: decoding fails part-way.
+  middle = bytearray(data)
+  middle[ends[19]:ends[19] + 3000] = b"\xff" * 3000
+  (tmp_path / "bad.mp4").write_bytes(bytes(middle))
+  _fails(tiny, tmp_path / "bad.mp4", tmp_path / "out",
+         r"bad\.mp4: the video is corrupt or truncated: decoding failed at frame \d+")
+  # An output folder that existed keeps what it held, and nothing else.
+  (tmp_path / "kept").mkdir()
+  (tmp_path / "kept" / "mine.txt").write_text("x")
+  with pytest.raises(config_lib.ConfigError, match="decoding failed at frame"):
+    video_predict.predict_video(tiny[0], None, str(tmp_path / "bad.mp4"),
+                                str(tmp_path / "kept"), variables=tiny[1])
+  assert os.listdir(tmp_path / "kept") == ["mine.txt"]
+
+
+def test_script_prints_one_error_line(tmp_path):
+  run = subprocess.run(
+      [sys.executable, "scripts/predict_video.py", "--config=configs/smoke.py",
+       f"--checkpoint_dir={tmp_path}", f"--video={tmp_path / 'missing.mov'}",
+       f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert run.returncode == 1
+  assert run.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path / 'missing.mov'}: no such video file or frame folder")
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("stage", ["decode", "model", "render"])
+def test_a_failing_stage_stops_the_others_and_raises_its_error(stage):
+  """No thread left waiting on a queue: the error of whichever stage fails comes out."""
+  from htt_jax import video  # pylint: disable=g-import-not-at-top
+
+  def batches():
+    for i in range(50):
+      if stage == "decode" and i == 7:
+        raise ValueError("decode failed")
+      yield {"i": i}
+
+  def model(inputs):
+    for batch in inputs:
+      if stage == "model" and batch["i"] == 5:
+        raise ValueError("model failed")
+      yield {"o": batch["i"]}
+
+  seen = []
+
+  def consume(batch, outputs):
+    if stage == "render" and batch["i"] == 3:
+      raise ValueError("render failed")
+    assert outputs["o"] == batch["i"]
+    seen.append(batch["i"])
+
+  with pytest.raises(ValueError, match=f"{stage} failed"):
+    video.run_overlapped(batches(), model, consume, video.Timer())
+  assert seen == list(range(len(seen)))  # In order, and nothing after the failure's batch.
+  video.run_overlapped(iter([{"i": 0}, {"i": 1}]), model if stage != "model" else (
+      lambda inputs: ({"o": b["i"]} for b in inputs)), lambda b, o: seen.append(-1),
+                       video.Timer())
