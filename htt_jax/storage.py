@@ -135,6 +135,13 @@ def read_bytes(path) -> bytes:
     return f.read()
 
 
+def open_read(path):
+  """A seekable binary file object reading `path`: for a URL, fetched in blocks as it is read
+  (gcsfs's buffered file), so a reader that seeks (PyAV on a video) does not download it whole."""
+  path = os.fspath(path)
+  return open(path, "rb") if not is_url(path) else _path(path).open("rb")
+
+
 def read_text(path) -> str:
   return read_bytes(path).decode("utf-8")
 

@@ -6,9 +6,14 @@ Every check that can be made without decoding the whole input is made when the s
 (missing path, not a video, no video stream, first frame undecodable, mixed sizes in a folder,
 frames smaller than the backbone's stride), so a bad input fails before anything is compiled.
 Errors are `config_lib.ConfigError` (or FileNotFoundError) naming the file. No JAX here.
+
+A path may be a URL (gs://...): a video file is read through `storage.open_read`, which fetches
+blocks as FFmpeg reads and seeks, so a long video is never downloaded whole; a frame folder is
+listed with `storage.listdir` and each frame read with `storage.read_bytes`.
 """
 
 import dataclasses
+import io
 import math
 import os
 from fractions import Fraction
@@ -18,7 +23,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from htt_jax import config_lib
+from htt_jax import config_lib, storage
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_FPS = 30
@@ -26,6 +31,13 @@ DEFAULT_FPS = 30
 
 def _error(path: str, message: str) -> config_lib.ConfigError:
   return config_lib.ConfigError(f"{path}: {message}")
+
+
+def _open_image(file: str) -> Image.Image:
+  """A frame file as a (lazily decoded) PIL image: a local file by name, a URL's bytes fetched
+  whole (a frame is small, and Pillow would otherwise issue many small reads to the store)."""
+  return Image.open(io.BytesIO(storage.read_bytes(file))) if storage.is_url(file) else (
+      Image.open(file))
 
 
 class FrameSource:
@@ -46,14 +58,14 @@ class FolderSource(FrameSource):
 
   def __init__(self, path: str, fps: Optional[float]):
     self.path = path
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+    names = sorted(n for n in storage.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
     if not names:
       raise _error(path, f"the folder holds no frames (expected {'/'.join(IMAGE_SUFFIXES)} files)")
     self.files = [os.path.join(path, n) for n in names]
     sizes = {}
     for file in self.files:
       try:
-        with Image.open(file) as image:
+        with _open_image(file) as image:
           sizes.setdefault((image.height, image.width), file)
       except (OSError, SyntaxError, ValueError) as e:
         raise _error(file, f"not a readable image ({type(e).__name__}: {e})") from None
@@ -69,7 +81,7 @@ class FolderSource(FrameSource):
   def __iter__(self):
     for file in self.files:
       try:
-        with Image.open(file) as image:
+        with _open_image(file) as image:
           image.load()
           yield np.asarray(image.convert("RGB"))
       except (OSError, SyntaxError, ValueError) as e:
@@ -84,7 +96,7 @@ class AvSource(FrameSource):
     import av  # pylint: disable=g-import-not-at-top
     self.path, self._av = path, av
     try:
-      with av.open(path) as container:
+      with storage.open_read(path) as file, av.open(file) as container:
         if not container.streams.video:
           # An mp4 whose video track has no samples reads back with no video stream at all.
           raise _error(path, "the video has zero frames (the file holds no video stream)")
@@ -103,7 +115,7 @@ class AvSource(FrameSource):
   def __iter__(self):
     av, count = self._av, 0
     try:
-      with av.open(self.path) as container:
+      with storage.open_read(self.path) as file, av.open(file) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
@@ -124,9 +136,9 @@ def open_source(path: str, fps: Optional[float] = None) -> FrameSource:
   """A frame folder or a video file; checks what can be checked without decoding it all."""
   if fps is not None and not (math.isfinite(fps) and fps > 0):
     raise config_lib.ConfigError(f"--fps={fps} must be a positive number of frames per second")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"{path}: no such video file or frame folder")
-  source = FolderSource(path, fps) if os.path.isdir(path) else AvSource(path, fps)
+  source = FolderSource(path, fps) if storage.isdir(path) else AvSource(path, fps)
   stride = config_lib.BACKBONE_STRIDE
   if min(source.size) < stride:
     raise _error(path, f"frames are {source.size[1]}x{source.size[0]} (WxH), smaller than the "
@@ -226,8 +238,9 @@ class Letterbox:
 
 
 class OverlayWriter:
-  """H.264 frames at the input's size and rate into `path` (an mp4; the caller gives a temporary
-  name and renames it when complete). 4:2:0 needs even sizes; odd ones use 4:4:4."""
+  """H.264 frames at the input's size and rate into `path` (a local mp4: the caller gives a
+  temporary name from `storage.replacing`, which renames or uploads it when complete). 4:2:0 needs
+  even sizes; odd ones use 4:4:4."""
 
   def __init__(self, path: str, size: Tuple[int, int], fps: Fraction):
     import av  # pylint: disable=g-import-not-at-top

@@ -5,8 +5,10 @@ Order: every check of the input (path, decodability, sizes, intrinsics) and of t
 (its parameters against the config's heads) comes before anything is compiled; then the frames
 stream through `video.run_overlapped` (decode | model | collect and draw overlay.mp4); then the
 figures, predictions.npz and predictions.json are written, and overlay.mp4 is renamed into place
-last. Every file goes through `storage` (atomic); if anything fails, the files this run wrote are
-removed, and `output_dir` too when this run created it, so a failure leaves nothing behind.
+last. Every file goes through `storage` (atomic), so `output_dir` may be a gs:// URL (overlay.mp4 is
+encoded to a local temporary file and uploaded once complete), and so may the video; if anything
+fails, the files this run wrote are removed, and `output_dir` too when this run created it, so a
+failure leaves nothing behind.
 """
 
 import contextlib
@@ -51,9 +53,9 @@ def vocabulary(config, metadata: dict) -> dict:
     from data_pipeline import schema  # pylint: disable=g-import-not-at-top
     for split in ("train", "test", "val"):
       with contextlib.suppress(OSError, ValueError):
-        with open(schema.manifest_path(data_dir, split)) as f:
-          candidates.append(json.load(f).get("vocabulary"))
-          break
+        candidates.append(json.loads(storage.read_text(
+            schema.manifest_path(data_dir, split))).get("vocabulary"))
+        break
   if "demo_data" in config:
     from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
     fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
@@ -63,6 +65,19 @@ def vocabulary(config, metadata: dict) -> dict:
     if names and all(len(names.get(k) or []) == n for k, n in counts.items()):
       return {k: list(names[k]) for k in counts}
   return {"actions": None, "objects": None}
+
+
+def _remove(path: str) -> None:
+  """Removes an output of this run, if it was written: a file (or an object), or the local
+  figures/ folder once emptied (on a URL a folder is only a prefix, gone with its objects)."""
+  with contextlib.suppress(Exception):  # each client raises its own types; removal is best-effort
+    if storage.is_url(path):
+      if storage.exists(path) and not storage.isdir(path):
+        storage.remove(path)
+    elif os.path.isdir(path):
+      os.rmdir(path)
+    else:
+      os.remove(path)
 
 
 def _figures(folder: str, collector: video.Collector, arrays: dict, names: dict, fps: float,
@@ -152,14 +167,18 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
   from htt_jax import inference  # pylint: disable=g-import-not-at-top  (JAX)
   spacing, t_clip = config.dataset.spacing, config.model.num_frames
   batch_size = -(-config.eval_batch_size // spacing) * spacing  # whole blocks per batch
-  if predictor is None:
-    predictor = inference.Predictor(config, variables, batch_size=batch_size)
   timer = timer or video.Timer()
 
-  created = not os.path.isdir(output_dir)
+  # A local folder is created by the write probe below, so whether this run created it is
+  # decided first; a URL has no folders to create or remove.
+  created = not storage.is_url(output_dir) and not os.path.isdir(output_dir)
   written = []
   try:
-    os.makedirs(output_dir, exist_ok=True)
+    # A missing bucket or no permission to write: before anything is compiled.
+    storage.check_writable(output_dir)
+    if predictor is None:
+      predictor = inference.Predictor(config, variables, batch_size=batch_size)
+    storage.makedirs(output_dir)
     with contextlib.ExitStack() as stack:
       writer = None
       if overlay:
@@ -188,8 +207,7 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
       # Leaving the stack renames overlay.mp4 into place: the last file, once all the rest exist.
   except BaseException:
     for path in reversed(written):
-      with contextlib.suppress(OSError):
-        os.rmdir(path) if os.path.isdir(path) else os.remove(path)
+      _remove(path)
     if created:
       with contextlib.suppress(OSError):
         os.rmdir(output_dir)

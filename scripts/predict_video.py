@@ -7,6 +7,8 @@
 order; --fps sets the outputs' rate, default 30). --intrinsics: pixels of the input's own
 resolution; without it, the config's dataset camera scaled to the input (depth then approximate).
 Writes O/predictions.npz, O/predictions.json, O/overlay.mp4 and O/figures/, atomically.
+--video and --output_dir may be gs:// URLs (a video is streamed from the bucket, not downloaded
+whole; the outputs are uploaded there, overlay.mp4 once complete).
 """
 
 from absl import flags
@@ -17,8 +19,8 @@ from htt_jax import cli, config_lib, cpu_flags
 config_flags.DEFINE_config_file("config", None, "Model config file.", lock_config=True)
 flags.DEFINE_string("checkpoint_dir", None, "Orbax checkpoint directory (training or converted).")
 flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
-flags.DEFINE_string("video", None, "Video file or folder of frames.")
-flags.DEFINE_string("output_dir", None, "Folder for the outputs.")
+flags.DEFINE_string("video", None, "Video file or folder of frames (local or gs://).")
+flags.DEFINE_string("output_dir", None, "Folder for the outputs (local or gs://).")
 flags.DEFINE_string("intrinsics", None, "fx,fy,cx,cy in pixels of the input.")
 flags.DEFINE_float("fps", None, "Frame rate of the outputs (frame folders: default 30).")
 flags.DEFINE_bool("figures", True, "Also draw figures/ (timeline, Fig. 6, Fig. 7).")

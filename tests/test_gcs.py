@@ -373,3 +373,79 @@ def test_launch_configs_size_the_global_batch(name, arg, devices, batch):
       config_lib.DATASET_HEADS["fpha"])
   with pytest.raises(ValueError, match="unknown option 'host'"):
     load_config(name, "host=2")
+
+
+def test_predict_video_reads_and_writes_the_bucket_like_local_paths(gcs, tmp_path, monkeypatch):
+  """video_predict.predict_video (scripts/predict_video.py's job) with --video and --output_dir
+  on gs://: an mp4 streamed from the bucket and a frame folder listed there give the predictions
+  of the same inputs read locally; overlay.mp4, the figures and the json land in the bucket, with
+  no temporary and nothing in a local folder named gs:. A tiny model (32x32, T=4), compiled once."""
+  import av  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from htt_jax import inference, video_predict
+  from test_video import moving_frames, random_variables, write_mp4
+  # pylint: enable=g-import-not-at-top
+  config = load_config("smoke")
+  config.dataset.image_size = (32, 32)
+  config.model.num_frames, config.model.window = 4, 2
+  variables = random_variables(config, seed=5)  # finite outputs that differ between frames
+  batch_size = -(-config.eval_batch_size // config.dataset.spacing) * config.dataset.spacing
+  predictor = inference.Predictor(config, variables, batch_size=batch_size)
+  run = functools.partial(video_predict.predict_video, config, None, variables=variables,
+                          intrinsics="40,40,32,24", predictor=predictor)
+  local = tmp_path / "local"
+  local.mkdir()
+  monkeypatch.chdir(tmp_path)  # where ./gs:/... would appear
+  length = 12  # two blocks of T*s = 8 frames, the second padded
+  frames = moving_frames(length, 48, 64)
+  write_mp4(local / "in.mp4", frames, fps=25)  # no faststart: FFmpeg seeks to the index at the end
+  gcs.upload("video/in.mp4", (local / "in.mp4").read_bytes())
+  (local / "frames").mkdir()
+  for i, frame in enumerate(frames):
+    Image.fromarray(frame).save(local / "frames" / f"{i:03d}.png")
+    gcs.upload(f"video/frames/{i:03d}.png", (local / "frames" / f"{i:03d}.png").read_bytes())
+
+  def arrays(npz_bytes):
+    with np.load(io.BytesIO(npz_bytes)) as f:
+      return {k: f[k] for k in f.files}
+
+  for source, out, more in (("in.mp4", "out_mp4", {}),
+                            ("frames", "out_frames", {"overlay": False, "figures": False})):
+    want = run(str(local / source), str(local / out), **more)
+    got = run(gcs.url("video", source), gcs.url(out), **more)
+    expected, actual = (arrays((local / out / "predictions.npz").read_bytes()),
+                        arrays(gcs.download(f"{out}/predictions.npz")))
+    assert sorted(actual) == sorted(expected)
+    assert all(np.isfinite(v).all() for v in actual.values())
+    assert np.ptp(actual["joints2d"][:, 0, 0]) > 1e-3
+    for key in expected:
+      np.testing.assert_allclose(actual[key], expected[key], rtol=0, atol=1e-6, err_msg=key)
+    assert got["video"] == gcs.url("video", source) and got["num_frames"] == length
+    # predictions.json: the same but for the video's name, its probabilities to 1e-6.
+    probabilities = lambda summary: [e.pop("probability") for e in summary["top5"] +
+                                     summary["clips"]]
+    got_p, want_p = probabilities(got), probabilities(want)
+    np.testing.assert_allclose(got_p, want_p, rtol=0, atol=1e-6)
+    assert {**got, "video": None} == {**want, "video": None}
+    in_bucket = json.loads(gcs.download(f"{out}/predictions.json"))
+    assert probabilities(in_bucket) == got_p and in_bucket == got
+    local_names = sorted(str(p.relative_to(local / out)) for p in (local / out).rglob("*")
+                         if p.is_file())
+    assert gcs.objects(f"{out}/") == [f"{out}/{n}" for n in local_names]  # no temporary either
+  assert "out_mp4/figures/timeline.png" in gcs.objects("out_mp4/")
+  with av.open(io.BytesIO(gcs.download("out_mp4/overlay.mp4"))) as container:
+    stream = container.streams.video[0]
+    assert sum(1 for _ in container.decode(stream)) == length
+    assert (stream.height, stream.width, stream.average_rate) == (48, 64, 25)
+
+  # A video missing from the bucket, and an output bucket that does not exist: errors naming
+  # them, nothing written.
+  with pytest.raises(FileNotFoundError, match=r"^gs://htt-test/video/nope\.mp4: no such video "
+                     "file or frame folder$"):
+    run(gcs.url("video", "nope.mp4"), gcs.url("out_nope"))
+  with pytest.raises(FileNotFoundError, match="^cannot write to gs://no-such-bucket/out: its "
+                     "bucket or folder does not exist$"):
+    run(gcs.url("video", "in.mp4"), "gs://no-such-bucket/out")
+  assert gcs.objects("out_nope") == []
+  assert sorted(os.listdir(tmp_path)) == ["local"]  # nothing in a local folder named gs:
