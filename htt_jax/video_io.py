@@ -117,7 +117,9 @@ class AvSource(FrameSource):
     try:
       with storage.open_read(self.path) as file, av.open(file) as container:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # Slice threads, not frame threads: frame threading's extra decoder threads competed with
+        # XLA's for the CPU and lowered the end-to-end rate (docs/benchmarks.md, video mode).
+        stream.thread_type = "SLICE"
         for frame in container.decode(stream):
           # A copy: the array PyAV returns keeps FFmpeg's frame buffer alive, and with a few hundred
           # of them in flight beside XLA the process grew with the video's length (measured).
@@ -248,7 +250,9 @@ class OverlayWriter:
     self.stream = self.container.add_stream("libx264", rate=fps)
     self.stream.height, self.stream.width = size
     self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
-    self.stream.options = {"preset": "veryfast", "crf": "23"}
+    # The fastest preset: the overlay only has to be watchable, and encoding shares the CPU with
+    # the model (veryfast cost 1 ms a frame more at 192x320 on 2 cores: docs/benchmarks.md).
+    self.stream.options = {"preset": "ultrafast", "crf": "23"}
     self._av = av
 
   def write(self, frame: np.ndarray) -> None:
