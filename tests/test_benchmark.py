@@ -222,11 +222,11 @@ def test_conv_layers_mode_times_each_convolution(tmp_path):
   shapes = flops.resnet18_convolutions(72, 128)
   layers = row["layers"]
   assert [e["layer"] for e in layers if e["implementation"] == "lax"] == [s.name for s in shapes]
-  # A second entry where the model computes the convolution as patches x kernel instead (on CPU,
+  # A second entry where the model computes the convolution as a sum over taps instead (on CPU,
   # where these tests run, the model is built with its CPU workarounds).
-  expected_patches = [s.name for s in shapes if convolution.use_patches(
+  expected_taps = [s.name for s in shapes if convolution.use_taps(
       (s.height, s.width), (s.kernel, s.kernel), (s.stride,) * 2, ((s.padding,) * 2,) * 2)]
-  assert [e["layer"] for e in layers if e["implementation"] == "patches"] == expected_patches
+  assert [e["layer"] for e in layers if e["implementation"] == "taps"] == expected_taps
   for entry, shape in zip([e for e in layers if e["implementation"] == "lax"], shapes):
     assert entry["count"] == shape.count and entry["input_size"] == [shape.height, shape.width]
     assert all(entry[f"{g}_ms_median"] >= 0 for g in ("forward", "dgrad", "wgrad"))

@@ -1,5 +1,6 @@
-"""models/convolution.py: patches x kernel on CPU for small maps, the same numbers as XLA's
-convolution (values and both gradients), and XLA's convolution everywhere else."""
+"""models/convolution.py: a sum over taps on CPU for small maps, the same numbers as XLA's
+convolution (values and both gradients), taps on padding skipped, and XLA's convolution everywhere
+else."""
 
 import jax
 import jax.numpy as jnp
@@ -33,9 +34,9 @@ def _data(hw, kernel_hw, cin=6, cout=5, seed=0):
     ((7, 9), (7, 7), (2, 2), ((3, 3), (3, 3))),  # the stem's shape of convolution, tiny image
     ((2, 4), (3, 2), (2, 1), ((2, 0), (1, 1))),  # asymmetric kernel, strides and padding
 ])
-def test_patches_match_xla_convolution(hw, kernel_hw, strides, padding):
+def test_taps_match_xla_convolution(hw, kernel_hw, strides, padding):
   x, k = _data(hw, kernel_hw)
-  assert convolution.use_patches(hw, kernel_hw, strides, padding)
+  assert convolution.use_taps(hw, kernel_hw, strides, padding)
 
   def ours(x, k):
     return convolution.conv_general_dilated(x, k, strides, padding, dimension_numbers=_DN)
@@ -64,7 +65,7 @@ def test_patches_match_xla_convolution(hw, kernel_hw, strides, padding):
 ])
 def test_large_maps_and_1x1_keep_xla_convolution(hw, kernel_hw, strides):
   x, k = _data(hw, kernel_hw)
-  assert not convolution.use_patches(hw, kernel_hw, strides, "SAME")
+  assert not convolution.use_taps(hw, kernel_hw, strides, "SAME")
   fn = lambda x, k: convolution.conv_general_dilated(x, k, strides, "SAME", dimension_numbers=_DN)
   assert "conv_general_dilated" in _primitives(fn, x, k)
   np.testing.assert_array_equal(
@@ -105,7 +106,24 @@ def test_resnet_at_64_px_high_same_features(batch_norm, monkeypatch):
   variables = model.init(jax.random.key(1), images)
   apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]
   features = apply(variables, images)
-  monkeypatch.setattr(convolution, "use_patches", lambda *a: False)
+  monkeypatch.setattr(convolution, "use_taps", lambda *a: False)
   reference = apply(variables, images)
   scale = float(jnp.max(jnp.abs(reference)))
   np.testing.assert_allclose(features, reference, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("hw, strides, expected_taps", [
+    ((2, 3), (1, 1), 9),  # every tap reaches some output inside the map
+    ((1, 2), (1, 1), 3),  # one row: only the kernel's middle row; one of its columns per side
+    ((1, 1), (1, 1), 1),  # one pixel: only the centre tap
+    ((1, 1), (2, 2), 1),
+])
+def test_taps_on_padding_only_are_skipped(hw, strides, expected_taps):
+  """Hand-counted taps of a 3x3 kernel, padding 1: a tap that only meets padding costs nothing."""
+  x, k = _data(hw, (3, 3))
+  fn = lambda x, k: convolution.conv_taps(x, k, strides, ((1, 1), (1, 1)))
+  jaxpr = jax.make_jaxpr(fn)(x, k).jaxpr
+  assert sum(eqn.primitive.name == "dot_general" for eqn in jaxpr.eqns) == expected_taps
+  np.testing.assert_allclose(
+      fn(x, k), lax.conv_general_dilated(x, k, strides, ((1, 1), (1, 1)), dimension_numbers=_DN),
+      rtol=1e-5, atol=1e-5)

@@ -307,7 +307,7 @@ def test_folded_resnet_has_the_plain_parameters_and_features():
   input already moves a few units across a kink, in the plain model as much as in the folded one.)"""
   from htt_jax.models.resnet import ResNet18  # pylint: disable=g-import-not-at-top
   x = jax.random.normal(jax.random.key(0), (2, 64, 96, 3))
-  # With the CPU paths, as build_model makes it here: layer4's 2x3 maps go through the patches.
+  # With the CPU paths, as build_model makes it here: layer4's 2x3 maps go through the taps.
   folded, plain = ResNet18(cpu_kernels=True), ResNet18(fold_batch_norm=False, cpu_kernels=True)
   v_plain = plain.init(jax.random.key(1), x)
   v_folded = folded.init(jax.random.key(1), x)

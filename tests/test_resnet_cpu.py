@@ -57,7 +57,7 @@ def test_build_model_chooses_the_cpu_kernels_for_the_backend(monkeypatch):
 
 def _programs(cpu_kernels):
   """(jaxpr of the forward pass, StableHLO of the input gradient) of a backbone at 64x96, where
-  layer4's maps (2x3) are smaller than its kernels (the patches case of models/convolution.py)."""
+  layer4's maps (2x3) are smaller than its kernels (the taps case of models/convolution.py)."""
   model = resnet.ResNet18(cpu_kernels=cpu_kernels)
   x = jnp.zeros((2, 64, 96, 3))
   variables = jax.eval_shape(model.init, jax.random.key(0), x)
@@ -73,7 +73,7 @@ def test_cpu_paths_only_in_a_model_built_for_the_cpu():
   assert "optimization_barrier" not in grad and "custom_vjp" not in forward
   assert "select_and_scatter" in grad
   forward, grad = _programs(cpu_kernels=True)
-  # The CPU paths: layer4's small convolutions as patches, barriers, the max-pool's custom gradient.
+  # The CPU paths: layer4's small convolutions as taps, barriers, the max-pool's custom gradient.
   assert 0 < forward.count("conv_general_dilated[") < 20
   assert "optimization_barrier" in grad and "custom_vjp" in forward
   assert "select_and_scatter" not in grad

@@ -7,8 +7,8 @@
 - 'conv_layers': each distinct convolution of ResNet-18 at the config's image size
   (`flops.resnet18_convolutions`), compiled alone on the same frames: forward, the gradient for
   its input ('dgrad'; the stem's is never needed) and for its kernel ('wgrad'). Where the model
-  computes a convolution as patches x kernel instead (small maps on CPU, models/convolution.py),
-  the layer has a second entry, implementation 'patches'.
+  computes a convolution as a sum over taps instead (small maps on CPU, models/convolution.py),
+  the layer has a second entry, implementation 'taps'.
 
 Both run on the first device with random inputs; their PyTorch counterparts are
 `htt_jax/baselines/torch_backbone.py`, started in its own process by `baseline.py`.
@@ -97,9 +97,9 @@ def _conv_layer_rows(config, device, frames: int) -> List[Dict[str, Any]]:
                             device).astype(dtype)
     variants = [("lax", lambda a, b: lax.conv_general_dilated(
         a, b, strides, padding, dimension_numbers=_NHWC))]
-    if cpu_kernels and convolution.use_patches((shape.height, shape.width), (shape.kernel,) * 2,
-                                               strides, padding):
-      variants.append(("patches", lambda a, b: convolution.conv_patches(a, b, strides, padding)))
+    if cpu_kernels and convolution.use_taps((shape.height, shape.width), (shape.kernel,) * 2,
+                                            strides, padding):
+      variants.append(("taps", lambda a, b: convolution.conv_taps(a, b, strides, padding)))
     for implementation, conv in variants:
       g = jnp.asarray(rng.normal(size=jax.eval_shape(conv, x, kernel).shape), dtype)
       forward, forward_s = _compiled(conv, x, kernel)

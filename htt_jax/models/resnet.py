@@ -19,7 +19,7 @@ XLA:CPU needs three workarounds, chosen by the `cpu_kernels` attribute (set by
 models/htt.py:build_model for the backend the model is built for, never while tracing): every
 convolution's input is kept as one array (`_materialized_on_cpu`), so that XLA does not recompute
 it inside the transposes of the weight gradients; convolutions with small maps (layer3 and layer4
-at low resolution) are computed as patches x kernel (models/convolution.py); and the stem max-pool
+at low resolution) are computed as a sum over the kernel's taps (models/convolution.py); and the stem max-pool
 has a cheaper gradient (models/pooling.py). Without `cpu_kernels` the backbone is plain XLA.
 """
 
