@@ -43,6 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.adam_eps = 1e-8
   # Clip the gradient to this global L2 norm before Adam (0: off, as in the reference).
   config.grad_clip_norm = 0.0
+  # Parameters kept at their initial values: a regular expression matched in full against each
+  # parameter's path, e.g. r"backbone/(conv1|bn1)/.*" for the stem ('' trains all, as the
+  # reference). They get no gradient (their backward pass is not computed) and no Adam state
+  # (steps.frozen_mask).
+  config.frozen_params = ""
   config.dtype = "float32"  # Compute dtype: 'float32' | 'bfloat16'. Parameters stay float32.
   config.parallelism = "jit"  # 'jit' (mesh) | 'pmap'.
   config.loss_normalization = "clip"  # 'clip' (paper's 2-GPU run) | 'frame' (single device).
@@ -163,6 +168,14 @@ def validate_config(config, num_devices: int | None = None) -> None:
       or config.lr_warmup_steps < 0):
     raise ConfigError(f"config.lr_warmup_steps={config.lr_warmup_steps!r} must be an integer "
                      ">= 0")
+  frozen = config.get("frozen_params", "")
+  try:
+    if not isinstance(frozen, str):
+      raise TypeError("not a string")
+    re.compile(frozen)
+  except (re.error, TypeError) as e:
+    raise ConfigError(f"config.frozen_params={frozen!r} must be a regular expression over "
+                      f"parameter paths such as 'backbone/conv1/kernel' ({e})") from None
   clip = config.get("grad_clip_norm", 0.0)
   if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
     raise ConfigError(f"config.grad_clip_norm={clip!r} must be a number >= 0 (0: no clipping)")

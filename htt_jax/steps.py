@@ -6,6 +6,7 @@ training loop compiles them with `jax.jit` over a mesh, or wraps them in `jax.pm
 """
 
 import functools
+import re
 from typing import Any
 
 import jax
@@ -16,6 +17,7 @@ from flax.training import train_state
 from jax import lax
 
 from htt_jax import augment
+from htt_jax import config_lib
 from htt_jax.augment import device as augment_device
 from htt_jax import geometry
 from htt_jax import losses as losses_lib
@@ -55,14 +57,50 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
       staircase=True)
 
 
+def param_name(path) -> str:
+  """A parameter's path as `config.frozen_params` matches it: 'backbone/layer1_0/conv1/kernel'."""
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def frozen_mask(config, params):
+  """A tree like `params`: True where `config.frozen_params` (a regular expression matched in full
+  against `param_name`) keeps the parameter at its initial value. A pattern that matches no
+  parameter is a ConfigError (a misspelt name would silently train everything)."""
+  pattern = config.get("frozen_params", "")
+  if not pattern:
+    return jax.tree_util.tree_map(lambda _: False, params)
+  regex = re.compile(pattern)
+  mask = jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.fullmatch(param_name(p))),
+                                          params)
+  if not any(jax.tree_util.tree_leaves(mask)):
+    raise config_lib.ConfigError(
+        f"config.frozen_params={pattern!r} matches no parameter of this model (paths look like "
+        f"{param_name(jax.tree_util.tree_leaves_with_path(params)[0][0])!r})")
+  return mask
+
+
+def _stop_frozen(params, mask):
+  """The frozen parameters behind a stop_gradient: no gradient flows into them, so XLA does not
+  compute their part of the backward pass (e.g. a frozen stem: the stem's weight gradient and the
+  max-pool's and the stem BatchNorm's gradients; docs/training.md)."""
+  return jax.tree_util.tree_map(lambda x, frozen: lax.stop_gradient(x) if frozen else x,
+                                params, mask)
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no clipping:
   reference.md §2.5-2.6); `config.grad_clip_norm` > 0 clips the gradient's global norm first (an
-  option, off by default)."""
+  option, off by default). With `config.frozen_params`, Adam only for the other parameters: the
+  frozen ones get no update and no optimiser state (optax.multi_transform)."""
   adam = optax.adam(learning_rate_schedule(config, steps_per_epoch), b1=config.adam_b1,
                    b2=config.adam_b2, eps=config.adam_eps)
   clip = config.get("grad_clip_norm", 0.0)
-  return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+  tx = optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+  if not config.get("frozen_params", ""):
+    return tx  # The plain tree: the optimiser state of runs without frozen parameters.
+  labels = lambda params: jax.tree_util.tree_map(lambda f: "frozen" if f else "trained",
+                                                 frozen_mask(config, params))
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 # XLA:CPU spends seconds optimising the initialisers' ~130 unrolled threefry generators (7.4 s of a
@@ -178,7 +216,10 @@ def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_
     # (equal clips per device, so that is the global mean); under jit the batch is global already.
     model = _model(state, config).clone(batch_norm_axis_name=axis_name)
 
+  frozen = frozen_mask(config, state.params)  # Python booleans: fixed when the step is traced.
+
   def loss_fn(params):
+    params = _stop_frozen(params, frozen)
     if batch_statistics:
       outputs, updates = model.apply(
           {"params": params, "batch_stats": state.batch_stats}, batch["image"],

@@ -172,6 +172,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
     state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch, variables),
                            parallel.replicated(mesh))
+  if config.frozen_params:
+    frozen = jax.tree_util.tree_leaves(steps.frozen_mask(config, state.params))
+    sizes = [x.size for x in jax.tree_util.tree_leaves(state.params)]
+    logging.info("config.frozen_params=%r: %d of %d parameter arrays (%.2f M of %.2f M values) "
+                 "keep their initial values", config.frozen_params, sum(frozen), len(frozen),
+                 sum(n for n, f in zip(sizes, frozen) if f) / 1e6, sum(sizes) / 1e6)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, metadata = restored

@@ -58,3 +58,20 @@ def test_empty_workdir_restores_nothing(smoke_config, tmp_path):
   ckpt = checkpointing.TrainCheckpointer(str(tmp_path / "c"), save_every_steps=5)
   assert ckpt.restore_latest(_state(smoke_config, 0)) is None
   assert not ckpt.should_save(3) and ckpt.should_save(5)
+
+
+def test_round_trip_with_frozen_parameters(smoke_config, tmp_path):
+  """With config.frozen_params the optimiser state is optax's partition (Adam for the trained
+  parameters, an empty state for the frozen ones): it saves and restores as it was."""
+  config = smoke_config.copy_and_resolve_references()
+  config.frozen_params = r"backbone/(conv1|bn1)/\w+"
+  base = _state(config, 0)
+  state = base.replace(step=1, opt_state=jax.tree.map(lambda x: x + 1, base.opt_state))
+  directory = str(tmp_path / "checkpoints")
+  ckpt = checkpointing.TrainCheckpointer(directory, save_every_steps=1)
+  ckpt.save(1, state, {"step": 1})
+  ckpt.close()
+  restored, _ = checkpointing.TrainCheckpointer(directory, 1).restore_latest(jax.device_put(base))
+  assert jax.tree.structure(restored.opt_state) == jax.tree.structure(base.opt_state)
+  _assert_same(restored.opt_state, state.opt_state)
+  _assert_same(restored.params, state.params)

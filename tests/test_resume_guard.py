@@ -155,6 +155,7 @@ def test_key_decisions(data_dir):
 
   guarded = {"seed": 1, "batch_size": 4, "learning_rate": 1e-3, "adam_b2": 0.99,
              "lr_decay_epochs": 3, "grad_clip_norm": 1.0, "dtype": "bfloat16",
+             "frozen_params": "backbone/conv1/kernel",
              "loss_normalization": "frame", "loss.lambda_hand_z": 1.0, "model.hidden_dim": 32,
              "model.num_frames": 16, "model.window": 4, "model.num_actions": 8,
              "model.batch_norm": "batch", "dataset.image_size": (64, 128),
@@ -174,9 +175,11 @@ def test_key_decisions(data_dir):
   assert [k for k, _, _ in resume.differences(cosine, resume.config_json(longer))] == [
       "num_train_steps"]
   # A key the old run's code did not have counts as its default.
-  del stored["grad_clip_norm"]
+  del stored["grad_clip_norm"], stored["frozen_params"]
   assert changed("grad_clip_norm", 0.0) == [] and changed("grad_clip_norm", 1.0) == [
       "grad_clip_norm"]
+  assert changed("frozen_params", "") == [] and changed("frozen_params", "backbone/.*") == [
+      "frozen_params"]
 
 
 def test_data_identity_and_unusable_metadata(data_dir):
