@@ -59,7 +59,7 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
 
 def param_name(path) -> str:
   """A parameter's path as `config.frozen_params` matches it: 'backbone/layer1_0/conv1/kernel'."""
-  return "/".join(str(getattr(k, "key", k)) for k in path)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def frozen_mask(config, params):
@@ -82,7 +82,7 @@ def frozen_mask(config, params):
 def _stop_frozen(params, mask):
   """The frozen parameters behind a stop_gradient: no gradient flows into them, so XLA does not
   compute their part of the backward pass (e.g. a frozen stem: the stem's weight gradient and the
-  max-pool's and the stem BatchNorm's gradients; docs/training.md)."""
+  max-pool's and the stem BatchNorm's gradients; docs/model.md)."""
   return jax.tree_util.tree_map(lambda x, frozen: lax.stop_gradient(x) if frozen else x,
                                 params, mask)
 
