@@ -6,6 +6,7 @@ encode the video and raw frame number; joints2d is the projection of joints3d wi
 record's intrinsics.
 """
 
+import dataclasses
 import functools
 import io
 import json
@@ -290,6 +291,35 @@ def test_factors_per_clip_order_per_frame():
       if (order[a] == order[b]).all():
         np.testing.assert_array_equal(out[a], out[b])
   assert len({out[n].tobytes() for n in range(num)}) > 1
+
+
+def test_zero_amounts_skip_blur_and_colour_exactly(monkeypatch):
+  """All amounts 0 (the demo): the reader skips blur and colour jitter. Exact only because each op
+  is then the identity, which the ops themselves show here on their own zero-amount draws."""
+  zero = augment.AugmentConfig(brightness=0, contrast=0, saturation=0, hue=0, blur_radius=0)
+  assert not zero.photometric
+  for name in ("brightness", "contrast", "saturation", "hue", "blur_radius"):
+    assert dataclasses.replace(zero, **{name: 0.01}).photometric, name
+  num = 12
+  images = tf.constant(np.stack([rand_image(n) for n in range(num)]))
+  params = augment_params.sample_params(tf.constant([3, 4], tf.int64), num, W, zero)
+  assert float(params["brightness"]) == float(params["saturation"]) == 1.0
+  assert float(params["contrast"]) == 1.0 and not params["blur_radius"].numpy().any()
+  ran = augment_host.color_jitter(images, params["order"], params["brightness"],
+                                  params["saturation"], params["contrast"], params["hue"],
+                                  hue_enabled=False)  # hue 0: the reference skips the op
+  np.testing.assert_array_equal(ran.numpy(), images.numpy())
+  blurred = augment_host.gaussian_blur(images, params["blur_radius"], 0.5)
+  np.testing.assert_array_equal(blurred.numpy(), images.numpy())
+
+  def fail(*args, **kwargs):
+    raise AssertionError("a photometric op ran with every amount 0")
+
+  monkeypatch.setattr(augment_host, "color_jitter", fail)
+  monkeypatch.setattr(augment_host, "gaussian_blur", fail)
+  assert augment_host.photometric(images, params, zero) is images
+  with pytest.raises(AssertionError, match="amount 0"):
+    augment_host.photometric(images, params, dataclasses.replace(zero, contrast=1e-9))
 
 
 # ------------------------------------------------------------------------------------------------

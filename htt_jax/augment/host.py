@@ -174,6 +174,8 @@ def translation_matrix(offset):
 
 def photometric(images, params, config: AugmentConfig = AugmentConfig()):
   """Blur then colour jitter on (T, H, W, 3) uint8, in chunks of frames (memory), -> uint8."""
+  if not config.photometric:  # All amounts 0: the ops would return the images unchanged.
+    return images
 
   def run(args):
     x, radius, order = args
