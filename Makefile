@@ -27,7 +27,7 @@ TORCH_TESTS := tests/test_import_torch.py tests/test_parity.py tests/test_torch_
 
 test: $(STAMP)
 	JAX_PLATFORMS=cpu $(PY) -m pytest -q $(TORCH_TESTS)
-	JAX_PLATFORMS=cpu $(PY) -m pytest -q --durations=15 -n 2 --dist loadfile tests \
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q --durations=15 -n 2 --dist loadfile --no-loadscope-reorder tests \
 	  $(addprefix --ignore=,$(TORCH_TESTS))
 
 # The main job on the embedded default: synthetic data -> train -> evaluate -> metrics table.
