@@ -14,7 +14,7 @@ from htt_jax.benchmark import flops, hardware, runner, sweep
 REQUIRED = ("mode", "frames_per_second", "step_time_ms_median", "step_time_ms_p90",
             "compile_time_s", "device_kind", "num_devices", "clips_per_second",
             "frames_per_second_per_device", "versions", "git_commit", "flops_per_frame_analytic",
-            "peak_memory_bytes_xla", "mfu", "speedup_vs_baseline")
+            "peak_memory_bytes_xla", "mfu", "speedup_vs_baseline", "host_cpu")
 
 
 def tiny_config(**overrides):
@@ -81,6 +81,24 @@ def test_peak_table_and_device_names():
   assert hardware.peak_tflops("TPU v4", "bfloat16") == 275.0
   assert hardware.peak_tflops("TPU v4", "float32") is None
   assert hardware.peak_tflops("cpu", "float32") is None
+
+
+def test_cpu_description_from_cpuinfo():
+  """The widest vector extension tells the two kinds of 2-core machine apart (docs/demo.md)."""
+  avx512 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n"
+            "flags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n\nprocessor\t: 1\n"
+            "model name\t: other\nflags\t\t: fpu\n")
+  assert hardware.describe_cpu(avx512) == {"model": "AMD EPYC 9B14", "isa": "AVX-512"}
+  avx2 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
+  assert hardware.describe_cpu(avx2) == {"model": "AMD EPYC 7B13", "isa": "AVX2"}
+  arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
+  assert hardware.describe_cpu(arm) == {"model": None, "isa": None}
+  assert hardware.describe_cpu("") == {"model": None, "isa": None}
+  summary = hardware.cpu_summary()  # this machine's: model, isa, and the CPUs it may use
+  assert summary.endswith(f"{hardware.available_cpus()} CPU" +
+                          ("s" if hardware.available_cpus() != 1 else ""))
+  cpu = hardware.host_cpu()
+  assert (cpu["model"] or "unknown CPU") in summary and (cpu["isa"] or "") in summary
 
 
 def test_sweep_is_a_typed_cartesian_product():
@@ -157,7 +175,9 @@ def test_input_mode_from_the_command_line(data_dir, tmp_path):
   assert row["mode"] == "input" and row["timed_steps"] == 3 and row["frames_per_second"] > 0
   assert row["compile_time_s"] is None and row["flops_per_frame_xla"] is None
   assert "tensorflow" in row["versions"]
+  assert row["host_cpu"] == hardware.cpu_summary()  # which machine: AVX2 or AVX-512, how many CPUs
   assert (tmp_path / "input.md").exists() and (tmp_path / "input.png").exists()
+  assert f"({row['host_cpu']})" in (tmp_path / "input.md").read_text().splitlines()[0]
 
 
 def test_end_to_end_mode(data_dir, tmp_path):

@@ -87,6 +87,42 @@ def git_commit(path: Optional[str] = None) -> Optional[str]:
   return result.stdout.strip() or None
 
 
+# The widest x86 vector extension a CPU reports (a flag of /proc/cpuinfo), widest first: the
+# 2-core machines this project is timed on come with and without AVX-512 (docs/demo.md).
+_ISA_FLAGS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"))
+
+
+def describe_cpu(cpuinfo: str) -> Dict[str, Optional[str]]:
+  """{'model': the first 'model name', 'isa': the widest of _ISA_FLAGS in the first 'flags'} of a
+  /proc/cpuinfo text (None for what it does not say; ARM's 'Features' give no x86 isa)."""
+  fields = {}
+  for line in cpuinfo.splitlines():
+    key, sep, value = line.partition(":")
+    if sep and key.strip() not in fields:
+      fields[key.strip()] = value.strip()
+  flags = set(fields.get("flags", "").split())
+  isa = next((name for flag, name in _ISA_FLAGS if flag in flags), None)
+  return {"model": fields.get("model name") or None, "isa": isa}
+
+
+def host_cpu() -> Dict[str, Optional[str]]:
+  """This machine's CPU model and widest vector extension (describe_cpu of /proc/cpuinfo; on other
+  systems the model from `platform.processor()` and no isa)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      return describe_cpu(f.read())
+  except OSError:
+    return {"model": platform.processor() or None, "isa": None}
+
+
+def cpu_summary() -> str:
+  """'AMD EPYC, AVX-512, 2 CPUs': what a timing on this machine should be reported with."""
+  cpu = host_cpu()
+  parts = [cpu["model"] or "unknown CPU"] + ([cpu["isa"]] if cpu["isa"] else [])
+  count = available_cpus()
+  return ", ".join(parts + [f"{count} CPU{'s' if count != 1 else ''}"])
+
+
 def available_cpus() -> int:
   """CPUs this process may run on (its affinity mask, e.g. under taskset), not the machine's."""
   try:

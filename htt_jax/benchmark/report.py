@@ -148,7 +148,8 @@ def markdown(rows: Sequence[Dict[str, Any]]) -> str:
     first = rows[0]
     versions = ", ".join(f"{k} {v}" for k, v in first["versions"].items() if v)
     lines += [f"# {_TITLES.get(mode, 'HTT throughput')}: {first['device_kind']} ({first['platform']}), "
-              f"{first['cpu_threads']} CPU threads", "",
+              f"{first['cpu_threads']} CPU threads"
+              + (f" ({first['host_cpu']})" if first.get("host_cpu") else ""), "",
               f"{first['timestamp']}; commit {first['git_commit'] or 'unknown'}; {versions}.",
               f"Timing: {first['warmup_steps']} warm-up steps, then the median and 90th "
               "percentile of the timed steps; throughput from the median step.", ""]

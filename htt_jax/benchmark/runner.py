@@ -58,7 +58,8 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
   cpu_threads = hardware.pin_cpus(config.cpu_threads)
   settings = [(o, prepare(config, o, mode)) for o in sweep.settings(config.sweep)]
   # XLA_FLAGS as JAX read them: the YNNPACK fusions change CPU step times (cpu_flags.py).
-  common = {"cpu_threads": cpu_threads, "git_commit": hardware.git_commit(),
+  common = {"cpu_threads": cpu_threads, "host_cpu": hardware.cpu_summary(),
+            "git_commit": hardware.git_commit(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds")}
