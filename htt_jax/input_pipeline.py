@@ -120,7 +120,10 @@ def _options(config) -> tf.data.Options:
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, threads)
   options.threading.max_intra_op_parallelism = 1
-  options.autotune.cpu_budget = max(1, threads)
+  # Every parallelism and buffer here is set by the config, so autotuning has nothing to tune, and
+  # its model thread delayed the iterator's deletion at the end of training by up to a minute
+  # (the demo waited 47 s in RootDataset's destructor for it; docs/training.md).
+  options.autotune.enabled = False
   return options
 
 
