@@ -48,6 +48,10 @@ def base_config() -> ml_collections.ConfigDict:
   # reference). They get no gradient (their backward pass is not computed) and no Adam state
   # (steps.frozen_mask).
   config.frozen_params = ""
+  # > 0: frozen_params train like the rest for this many steps and keep the values they have then
+  # (their backward pass stops from step frozen_params_from_step + 1; Adam keeps its state for every
+  # parameter). 0: frozen from the start, at their initial values.
+  config.frozen_params_from_step = 0
   config.dtype = "float32"  # Compute dtype: 'float32' | 'bfloat16'. Parameters stay float32.
   config.parallelism = "jit"  # 'jit' (mesh) | 'pmap'.
   config.loss_normalization = "clip"  # 'clip' (paper's 2-GPU run) | 'frame' (single device).
@@ -176,6 +180,12 @@ def validate_config(config, num_devices: int | None = None) -> None:
   except (re.error, TypeError) as e:
     raise ConfigError(f"config.frozen_params={frozen!r} must be a regular expression over "
                       f"parameter paths such as 'backbone/conv1/kernel' ({e})") from None
+  from_step = config.get("frozen_params_from_step", 0)
+  if not isinstance(from_step, int) or isinstance(from_step, bool) or from_step < 0:
+    raise ConfigError(f"config.frozen_params_from_step={from_step!r} must be an integer >= 0")
+  if from_step and not frozen:
+    raise ConfigError(f"config.frozen_params_from_step={from_step} needs config.frozen_params "
+                      "(which parameters to freeze)")
   clip = config.get("grad_clip_norm", 0.0)
   if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
     raise ConfigError(f"config.grad_clip_norm={clip!r} must be a number >= 0 (0: no clipping)")

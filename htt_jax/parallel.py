@@ -51,20 +51,21 @@ def global_batch(local_batch, mesh):
                       local_batch)
 
 
-def make_jit_train_step(config, mesh, learning_rate_fn=None) -> Callable:
+def make_jit_train_step(config, mesh, learning_rate_fn=None, freeze: bool = True) -> Callable:
   """train_step compiled over the mesh; donates the state. Call it inside `jax.set_mesh(mesh)`."""
-  step = functools.partial(steps.train_step, config=config, learning_rate_fn=learning_rate_fn)
+  step = functools.partial(steps.train_step, config=config, learning_rate_fn=learning_rate_fn,
+                           freeze=freeze)
   return jax.jit(step, in_shardings=(replicated(mesh), data_sharded(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=0)
 
 
-def make_pmap_train_step(config, learning_rate_fn=None) -> Callable:
+def make_pmap_train_step(config, learning_rate_fn=None, freeze: bool = True) -> Callable:
   """train_step under pmap: state broadcast in and returned un-replicated, batch split on axis 0.
 
   The batch given to it has a leading device axis: (local devices, clips per device, ...).
   """
   step = functools.partial(steps.train_step, config=config, learning_rate_fn=learning_rate_fn,
-                           axis_name=DATA_AXIS)
+                           axis_name=DATA_AXIS, freeze=freeze)
   return jax.pmap(step, axis_name=DATA_AXIS, in_axes=(None, 0), out_axes=None)
 
 
@@ -79,8 +80,9 @@ def split_for_pmap(local_batch, num_local_devices: int):
   return jax.tree.map(split, local_batch)
 
 
-def make_train_step(config, mesh, learning_rate_fn=None) -> Tuple[Callable, Callable]:
-  """(train_step, to_device) for `config.parallelism`.
+def make_train_step(config, mesh, learning_rate_fn=None,
+                    freeze: bool = True) -> Tuple[Callable, Callable]:
+  """(train_step, to_device) for `config.parallelism`; `freeze` as `steps.train_step` takes it.
 
   `to_device` turns this process's host batch into the step's input (a global array sharded on
   'data' for jit; split per local device of the mesh for pmap). Call both inside
@@ -88,9 +90,9 @@ def make_train_step(config, mesh, learning_rate_fn=None) -> Tuple[Callable, Call
   """
   if config.parallelism == "pmap":
     num_local = len(local_devices(mesh))
-    return (make_pmap_train_step(config, learning_rate_fn),
+    return (make_pmap_train_step(config, learning_rate_fn, freeze),
             lambda batch: split_for_pmap(batch, num_local))
-  return (make_jit_train_step(config, mesh, learning_rate_fn),
+  return (make_jit_train_step(config, mesh, learning_rate_fn, freeze),
           lambda batch: global_batch(batch, mesh))
 
 

@@ -15,10 +15,11 @@ GUARDED (the state's shapes, or the function, data or update rule being optimise
   seed (the data order and augmentation streams that a resume continues);
   batch_size; learning_rate, lr_schedule, lr_decay_epochs, lr_decay_factor, lr_warmup_steps,
   adam_b1, adam_b2, adam_eps, grad_clip_norm (the optimiser state's meaning, even its tree:
-  clipping adds a chain element); frozen_params (which parameters train, and the optimiser
-  state's tree); dtype (the compute dtype: parameters are float32 either way, but
-  bfloat16 changes every step's numbers); loss_normalization and loss.*; model.* except the two
-  below (sizes, heads, T = model.num_frames, t = model.window, batch_norm and its momentum);
+  clipping adds a chain element); frozen_params and frozen_params_from_step (which parameters
+  train and until when, and the optimiser state's tree); dtype (the compute dtype: parameters
+  are float32 either way, but bfloat16 changes every step's numbers); loss_normalization and
+  loss.*; model.* except the two below (sizes, heads, T = model.num_frames, t = model.window,
+  batch_norm and its momentum);
   dataset.name, dataset.image_size, dataset.spacing; dataset.augment amounts (brightness,
   contrast, saturation, hue, blur_radius, center_jittering: the training distribution);
   the data itself, compared as `data.*` (`data_identity`: what the training split IS, from its

@@ -87,16 +87,24 @@ def _stop_frozen(params, mask):
                                 params, mask)
 
 
+def freezes_later(config) -> int:
+  """The step after which `config.frozen_params` stop training (0: frozen from the start, or
+  nothing is frozen)."""
+  return int(config.get("frozen_params_from_step", 0)) if config.get("frozen_params", "") else 0
+
+
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
   """torch.optim.Adam (betas 0.9/0.999, eps 1e-8, no weight decay, no clipping:
   reference.md §2.5-2.6); `config.grad_clip_norm` > 0 clips the gradient's global norm first (an
-  option, off by default). With `config.frozen_params`, Adam only for the other parameters: the
-  frozen ones get no update and no optimiser state (optax.multi_transform)."""
+  option, off by default). With `config.frozen_params` frozen from the start, Adam only for the
+  other parameters: the frozen ones get no update and no optimiser state (optax.multi_transform).
+  Frozen later (`frozen_params_from_step` > 0), Adam for every parameter, as before the freeze
+  (train_step keeps the frozen values)."""
   adam = optax.adam(learning_rate_schedule(config, steps_per_epoch), b1=config.adam_b1,
                    b2=config.adam_b2, eps=config.adam_eps)
   clip = config.get("grad_clip_norm", 0.0)
   tx = optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
-  if not config.get("frozen_params", ""):
+  if not config.get("frozen_params", "") or freezes_later(config):
     return tx  # The plain tree: the optimiser state of runs without frozen parameters.
   labels = lambda params: jax.tree_util.tree_map(lambda f: "frozen" if f else "trained",
                                                  frozen_mask(config, params))
@@ -133,13 +141,19 @@ def create_train_state(config, rng, steps_per_epoch: int, variables=None) -> Tra
           "import_torch.init_backbone_from_resnet(random_variables(config, rng), path) and pass "
           "the result as `variables`")
     variables = random_variables(config, rng)
-  state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                            batch_stats=variables["batch_stats"],
-                            tx=make_optimizer(config, steps_per_epoch))
-  # Flax starts `step` as a Python 0, a weakly typed int32 once on a device; a restored step is
-  # strongly typed. A strong int32 from the start gives a fresh and a resumed run the same
-  # abstract state, hence the same compiled train step (and one persistent-cache entry).
-  return state.replace(step=jnp.zeros((), jnp.int32))
+  tx = make_optimizer(config, steps_per_epoch)
+
+  def create(variables):
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+                              batch_stats=variables["batch_stats"], tx=tx)
+    # Flax starts `step` as a Python 0, a weakly typed int32 once on a device; a restored step is
+    # strongly typed. A strong int32 from the start gives a fresh and a resumed run the same
+    # abstract state, hence the same compiled train step (and one persistent-cache entry).
+    return state.replace(step=jnp.zeros((), jnp.int32))
+
+  # One compiled program: run eagerly, the optimiser's init dispatches (and compiles) an op per
+  # parameter array, about 1 s for the demo's model against 0.4 s (docs/benchmarks.md).
+  return jax.jit(create)(variables)
 
 
 def calibrate_batch_norm(state: TrainState, batch, *, config) -> TrainState:
@@ -202,10 +216,14 @@ def _forward(state, params, batch, return_attention=False):
                  return_attention=return_attention)
 
 
-def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_name=None):
+def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_name=None,
+               freeze: bool = True):
   """One Adam step on the batch; returns (new_state, metrics) with every loss term.
 
-  A batch with aug_* params (dataset.augment.on_device) is augmented here first."""
+  `freeze`: whether `config.frozen_params` are frozen in this step (the train loop passes False
+  before `config.frozen_params_from_step`: a separate compiled step, since what the backward pass
+  computes is fixed when the step is traced). A batch with aug_* params
+  (dataset.augment.on_device) is augmented here first."""
   if augment_device.has_params(batch):
     hue_enabled = augment.from_config(config).hue > 0
     batch = dict(batch, image=augment_device.augment_batch(batch, hue_enabled=hue_enabled))
@@ -216,7 +234,9 @@ def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_
     # (equal clips per device, so that is the global mean); under jit the batch is global already.
     model = _model(state, config).clone(batch_norm_axis_name=axis_name)
 
-  frozen = frozen_mask(config, state.params)  # Python booleans: fixed when the step is traced.
+  # Python booleans: fixed when the step is traced.
+  frozen = (frozen_mask(config, state.params) if freeze
+            else jax.tree_util.tree_map(lambda _: False, state.params))
 
   def loss_fn(params):
     params = _stop_frozen(params, frozen)
@@ -235,6 +255,11 @@ def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_
     grads = lax.psum(grads, axis_name)
     terms = lax.psum(terms, axis_name)
   new_state = state.apply_gradients(grads=grads)
+  if freeze and freezes_later(config):
+    # Adam still has state for the frozen parameters (the run trained them until now): their zero
+    # gradient would still move them by Adam's momentum, so they keep their values here.
+    new_state = new_state.replace(params=jax.tree_util.tree_map(
+        lambda f, old, new: old if f else new, frozen, state.params, new_state.params))
   if batch_statistics:
     new_state = new_state.replace(batch_stats=updates["batch_stats"])
   metrics = dict(terms)

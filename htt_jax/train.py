@@ -115,8 +115,16 @@ def initial_variables(config, fresh):
       lambda p, x: jnp.asarray(flat_loaded[jax.tree_util.keystr(p)], x.dtype), fresh)
 
 
-def _log_compiled(compiled, seconds: float) -> None:
-  logging.info("compiled the train step in %.1f s", seconds)
+def _compile(train_step, state, batch, what: str = ""):
+  """The jit train step compiled for these arguments, its compile time and memory logged."""
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch).compile()
+  _log_compiled(compiled, time.perf_counter() - start, what)
+  return compiled
+
+
+def _log_compiled(compiled, seconds: float, what: str = "") -> None:
+  logging.info("compiled the train step%s in %.1f s", what, seconds)
   try:
     memory = compiled.memory_analysis()
     if memory is not None:
@@ -172,12 +180,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
       variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
     state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch, variables),
                            parallel.replicated(mesh))
+  freeze_from = steps.freezes_later(config)
+  if freeze_from >= total_steps:
+    logging.warning("config.frozen_params_from_step=%d is not before the run's last step (%d): "
+                    "nothing is frozen", freeze_from, total_steps)
   if config.frozen_params:
     frozen = jax.tree_util.tree_leaves(steps.frozen_mask(config, state.params))
     sizes = [x.size for x in jax.tree_util.tree_leaves(state.params)]
     logging.info("config.frozen_params=%r: %d of %d parameter arrays (%.2f M of %.2f M values) "
-                 "keep their initial values", config.frozen_params, sum(frozen), len(frozen),
-                 sum(n for n, f in zip(sizes, frozen) if f) / 1e6, sum(sizes) / 1e6)
+                 "keep %s", config.frozen_params, sum(frozen), len(frozen),
+                 sum(n for n, f in zip(sizes, frozen) if f) / 1e6, sum(sizes) / 1e6,
+                 f"the values of step {freeze_from} from then on" if freeze_from
+                 else "their initial values")
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state, metadata = restored
@@ -208,7 +222,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.info("%s on %d clips", name, config.batch_size)
 
   batches = input_pipeline.train_batches(config, start_step=start_step)
-  train_step, to_device = parallel.make_train_step(config, mesh, schedule)
+  # Two compiled steps when config.frozen_params freeze late: the one before trains everything.
+  train_step, to_device = parallel.make_train_step(config, mesh, schedule,
+                                                   freeze=start_step >= freeze_from)
 
   with _storage_faults(f"the TensorBoard events in {workdir} could not be created", ckpt):
     writer = metric_writer(workdir, enabled=is_main and config.get("tensorboard", True))
@@ -224,10 +240,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
     with _SigtermFlag(enabled=jax.process_count() == 1) as sigterm, jax.set_mesh(mesh):
       for step in range(start_step + 1, total_steps + 1):
         batch = to_device(next(batches))
-        if step == start_step + 1 and config.parallelism == "jit":
-          t0 = time.perf_counter()
-          train_step = train_step.lower(state, batch).compile()
-          _log_compiled(train_step, time.perf_counter() - t0)
+        if step == freeze_from + 1 and step > start_step + 1:
+          paused = time.perf_counter()
+          train_step, _ = parallel.make_train_step(config, mesh, schedule, freeze=True)
+          if config.parallelism == "jit":
+            train_step = _compile(train_step, state, batch, f" with config.frozen_params frozen "
+                                  f"(from step {step})")
+          window_start += time.perf_counter() - paused  # Throughput excludes compiling.
+        elif step == start_step + 1 and config.parallelism == "jit":
+          train_step = _compile(train_step, state, batch)
           window_start = time.perf_counter()
         state, metrics = train_step(state, batch)
         failpoints.hit("mid_step", step)  # Dispatched, not finished (docs/faults.md).

@@ -352,8 +352,9 @@ def test_frozen_parameters_keep_their_values_and_the_others_train_as_without(smo
   assert all(np.array_equal(_leaves(after.params)[n], before[n]) for n in names)
 
 
-def _convolutions(config, state, batch):
-  lowered = jax.jit(functools.partial(steps.train_step, config=config)).lower(state, batch)
+def _convolutions(config, state, batch, **kwargs):
+  lowered = jax.jit(functools.partial(steps.train_step, config=config, **kwargs)).lower(state,
+                                                                                        batch)
   return lowered.as_text().count("stablehlo.convolution")
 
 
@@ -377,6 +378,36 @@ def test_frozen_parameters_skip_their_backward_pass(smoke_config):
   assert counts[""] - counts[STEM_AND_LAYER1] == 11, counts
 
 
+def test_frozen_from_a_step_trains_everything_until_then_and_keeps_the_values_after(smoke_config):
+  """config.frozen_params_from_step > 0: Adam keeps state for every parameter (the tree of a run
+  without freezing); before the freeze (freeze=False) the step is exactly the plain one; after it
+  (freeze=True) the frozen parameters keep their values, although Adam's momentum from the steps
+  before would still move them, their backward pass is gone and the others train."""
+  config = smoke_config.copy_and_resolve_references()
+  batch = random_batch(config)
+  state = steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  plain, _ = jax.jit(functools.partial(steps.train_step, config=config))(state, batch)
+  late = config.copy_and_resolve_references()
+  late.frozen_params, late.frozen_params_from_step = STEM_AND_LAYER1, 5
+  validate_config(late)
+  late_state = steps.create_train_state(late, jax.random.key(0), steps_per_epoch=10)
+  assert jax.tree.structure(late_state.opt_state) == jax.tree.structure(state.opt_state)
+  before = jax.jit(functools.partial(steps.train_step, config=late, freeze=False))
+  after = jax.jit(functools.partial(steps.train_step, config=late, freeze=True))
+  one, _ = before(late_state, batch)
+  jax.tree.map(np.testing.assert_array_equal, one.params, plain.params)
+  two, _ = after(one, batch)
+  names = {k for k, f in _leaves(steps.frozen_mask(late, one.params)).items() if f}
+  assert len(names) == 3 + 2 * 6, sorted(names)  # the stem; 2 blocks of 2 convolutions + 2 BNs
+  trained, kept = _leaves(one.params), _leaves(two.params)
+  for name in names:
+    np.testing.assert_array_equal(kept[name], trained[name], err_msg=name)
+  for name in set(trained) - names - {"backbone/fc/kernel", "backbone/fc/bias"}:
+    assert not np.array_equal(kept[name], trained[name]), name
+  counts = {freeze: _convolutions(late, one, batch, freeze=freeze) for freeze in (False, True)}
+  assert counts == {False: 59, True: 59 - 11}, counts
+
+
 def test_frozen_params_errors(smoke_config):
   config = smoke_config.copy_and_resolve_references()
   config.frozen_params = "backbone/(conv1"
@@ -387,3 +418,13 @@ def test_frozen_params_errors(smoke_config):
   with pytest.raises(ConfigError, match=r"config.frozen_params='resnet/conv1/kernel' matches no "
                                         r"parameter of this model \(paths look like '"):
     steps.create_train_state(config, jax.random.key(0), steps_per_epoch=10)
+  config.frozen_params = ""
+  config.frozen_params_from_step = 300
+  with pytest.raises(ConfigError, match=r"config.frozen_params_from_step=300 needs "
+                                        r"config.frozen_params"):
+    validate_config(config)
+  config.frozen_params = STEM
+  config.frozen_params_from_step = -1
+  with pytest.raises(ConfigError, match=r"config.frozen_params_from_step=-1 must be an integer "
+                                        ">= 0"):
+    validate_config(config)

@@ -1,6 +1,7 @@
 """The training loop on a tiny synthetic dataset: metrics file, exact resume, NaN tripwire."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -51,6 +52,40 @@ def test_resume_gives_the_same_run(data_dir, tmp_path):
   params_a, _ = checkpointing.restore_variables(str(straight / "checkpoints"))
   params_b, _ = checkpointing.restore_variables(str(resumed / "checkpoints"))
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6), params_a, params_b)
+
+
+def test_parameters_frozen_from_a_step_keep_its_values_also_across_a_resume(data_dir, tmp_path,
+                                                                              caplog):
+  """config.frozen_params_from_step: the loop compiles the step that trains everything, then at
+  the switch the one with the stem frozen; from there the stem keeps its values, and a run resumed
+  before the switch crosses it and ends where the straight run does."""
+  def config():
+    c = _config(data_dir, 4)
+    c.frozen_params, c.frozen_params_from_step = r"backbone/(conv1|bn1)/\w+", 2
+    c.checkpoint_every_steps, c.keep_checkpoints = 1, 10
+    return c
+
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  with caplog.at_level("INFO"):
+    train.train_and_evaluate(config(), str(straight))
+  compiled = [r.getMessage() for r in caplog.records if "compiled the train step" in r.message]
+  assert len(compiled) == 2 and "config.frozen_params frozen (from step 3)" in compiled[1], compiled
+  by_step = {s: checkpointing.restore_variables(str(straight / "checkpoints"), s)[0]["params"]
+             for s in (1, 2, 3, 4)}
+  stem = lambda p: (p["backbone"]["conv1"]["kernel"], p["backbone"]["bn1"]["scale"])
+  layer4 = lambda p: p["backbone"]["layer4_1"]["conv2"]["kernel"]
+  assert not np.array_equal(stem(by_step[1])[0], stem(by_step[2])[0])  # trained until step 2
+  for s in (3, 4):
+    jax.tree.map(np.testing.assert_array_equal, stem(by_step[s]), stem(by_step[2]))
+    assert not np.array_equal(layer4(by_step[s]), layer4(by_step[s - 1]))
+
+  shutil.copytree(straight, resumed)
+  for s in (2, 3, 4):  # what a kill after step 1's checkpoint leaves, and the rerun resumes
+    shutil.rmtree(resumed / "checkpoints" / str(s))
+  train.train_and_evaluate(config(), str(resumed))
+  variables, _ = checkpointing.restore_variables(str(resumed / "checkpoints"))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=0, atol=1e-6),
+               variables["params"], by_step[4])
 
 
 def test_non_finite_loss_stops_with_the_step_and_term(data_dir, tmp_path):
