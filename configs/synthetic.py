@@ -59,6 +59,11 @@ def get_config(arg=None):
   config.init.calibrate_pose_head = True
   config.loss.lambda_hand_z = 500.0
   config.num_train_steps = 600  # Enough for the demo's targets; fewer cost accuracy (docs/demo.md).
+  # The stem and layer1 train for the first half, then keep their values (the learning rate is down
+  # to half by then): the last 300 steps skip their backward pass, about a quarter of the step
+  # (chosen on the validation split, docs/demo.md "Frozen halfway").
+  config.frozen_params = r"backbone/(conv1|bn1|layer1_\d+/\w+)/\w+"
+  config.frozen_params_from_step = 300
   config.log_every_steps = 20
   config.checkpoint_every_steps = 250
   if arg == "runlocal":
