@@ -8,8 +8,9 @@ Training from random weights (no ImageNet backbone) in a few hundred steps on a 
 paper configs: small images (56x96: fx = 70 px as at 72x96, so hands and objects keep their size in
 pixels at a cheaper step; docs/demo.md), short clips (T=16, t=8), narrower encoders
 (d=256), BatchNorm on batch statistics (with frozen statistics Adam blows the activations up),
-a higher learning rate with warm-up and cosine decay, no augmentation (too few steps to profit),
-the pose head started at the mean pose and a heavier depth loss (fx is 5x smaller than at 480 px).
+a higher learning rate with warm-up and cosine decay, the stem and layer1 frozen for the second
+half of the steps (a cheaper step), no augmentation (too few steps to profit), the pose head
+started at the mean pose and a heavier depth loss (fx is 5x smaller than at 480 px).
 """
 
 import ml_collections
