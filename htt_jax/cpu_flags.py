@@ -1,4 +1,6 @@
-"""XLA:CPU's YNNPACK fusions (`--xla_cpu_experimental_ynn_fusion_type`): per process, by dtype.
+"""Per-process XLA:CPU settings that an entry point makes before JAX starts: the YNNPACK fusions
+(`--xla_cpu_experimental_ynn_fusion_type`, by dtype) and glibc malloc's handling of XLA's
+per-execution temporaries (`configure_malloc`, below the fusions' functions).
 
 Settings and why (jax/jaxlib 0.12; the measurements are in docs/benchmarks.md):
 - float32: the reduction fusions alone, `--xla_cpu_experimental_ynn_fusion_type=reduce`
@@ -21,6 +23,7 @@ entry point before JAX starts; importing `htt_jax` changes no environment variab
 - a `--xla_cpu_experimental_ynn_fusion_type` the user put in XLA_FLAGS is never changed.
 """
 
+import ctypes
 import os
 from typing import Iterable
 
@@ -62,8 +65,10 @@ def configure(configs: Iterable) -> str:
   """Chooses the fusions for a process that will run `configs`; returns the flag in effect ('' for
   JAX's default, when JAX had started without one).
 
-  Must run before JAX starts its backends (the scripts call it first thing in `main`).
+  Must run before JAX starts its backends (the scripts call it first thing in `main`). Also calls
+  `configure_malloc()`.
   """
+  configure_malloc()
   flags = os.environ.get("XLA_FLAGS", "")
   current = _current(flags)  # None: JAX's default (fusions on)
   if os.environ.get(_OURS) != "1" and current is not None:
@@ -97,3 +102,60 @@ def warn_if_unsafe_for_bfloat16() -> bool:
       "bfloat16 on XLA:CPU with YNNPACK fusions on (%s) gives NaNs: set XLA_FLAGS=%s before JAX "
       "starts, or call htt_jax.cpu_flags.configure([config]) first", 1, flag or "JAX's default", OFF)
   return False
+
+
+# glibc's malloc and XLA:CPU. XLA:CPU mallocs each execution's temporaries (the demo's train step:
+# one 353 MB block, and ~50 MB for each of Eigen's matrix products) and frees them at its end.
+# glibc serves blocks over 32 MB from fresh mmaps (a thread's own arena cannot hold them) and
+# unmaps them on free, so the kernel faults the memory in again page by page at every step: 86,000
+# minor faults and 170 ms of system time a step on 2 cores. One arena that never mmaps nor trims
+# keeps that memory for the next step: the demo's step 605 -> 558 ms (docs/benchmarks.md). One
+# arena serialises the threads' mallocs, hence only on machines with few CPUs, where XLA:CPU's
+# time matters and the input pipeline has few threads.
+MALLOC_MAX_CPUS = 8
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
+# A malloc setting of the user's own (or another malloc preloaded): left alone.
+_USER_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_",
+                    "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_malloc_configured = False
+
+
+def _available_cpus() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def configure_malloc() -> bool:
+  """One glibc malloc arena, no mmap, no trimming (see above), for a process on a machine with at
+  most MALLOC_MAX_CPUS CPUs; returns whether it is in effect. Left as it is without glibc, with
+  more CPUs, or when the environment sets malloc itself (GLIBC_TUNABLES, MALLOC_*_, or a malloc in
+  LD_PRELOAD). Values are unchanged; memory freed by the process stays with it until it exits.
+  Call it before JAX and TensorFlow start their threads (`configure` does)."""
+  global _malloc_configured
+  if _malloc_configured:
+    return True
+  own = [k for k in _USER_MALLOC_ENV if os.environ.get(k)]
+  if "malloc" in os.environ.get("LD_PRELOAD", ""):
+    own.append("LD_PRELOAD")
+  if own:
+    logging.info("glibc malloc as the environment sets it (%s)", ", ".join(own))
+    return False
+  cpus = _available_cpus()
+  if cpus > MALLOC_MAX_CPUS:
+    return False
+  try:
+    libc = ctypes.CDLL(None)
+    libc.gnu_get_libc_version  # pylint: disable=pointless-statement  (glibc only)
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  done = (mallopt(_M_ARENA_MAX, 1) == 1 and mallopt(_M_MMAP_MAX, 0) == 1
+          and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
+  if not done:
+    logging.warning("glibc's mallopt refused one malloc arena without mmap; malloc as it was")
+    return False
+  _malloc_configured = True
+  logging.info("glibc malloc: one arena, no mmap, no trimming (%d CPUs; htt_jax/cpu_flags.py)", cpus)
+  return True

@@ -43,9 +43,10 @@ def main(argv):
     # runs on the same GPU in another process and needs room. Read when JAX starts (not yet).
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
-  from htt_jax.benchmark import report, runner, sweep  # pylint: disable=g-import-not-at-top
+  from htt_jax.benchmark import sweep  # pylint: disable=g-import-not-at-top
   # Before JAX starts: YNNPACK fusions only if every setting of the sweep profits (cpu_flags.py).
   cpu_flags.configure([sweep.apply(FLAGS.config, o) for o in sweep.settings(FLAGS.config.sweep)])
+  from htt_jax.benchmark import report, runner  # pylint: disable=g-import-not-at-top
   rows = runner.run_benchmark(FLAGS.config, FLAGS.mode, FLAGS.output)
   for row in rows:
     print(report.summary(row))

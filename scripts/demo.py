@@ -24,8 +24,9 @@ def main(argv):
   del argv
   config = FLAGS.config
   config_lib.validate_config(config)  # before the library (and TensorFlow) load
-  from htt_jax import cpu_flags, demo  # pylint: disable=g-import-not-at-top
-  cpu_flags.configure([config])  # before JAX starts
+  from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
+  cpu_flags.configure([config])  # before JAX (and TensorFlow) start
+  from htt_jax import demo  # pylint: disable=g-import-not-at-top
   if config.dataset.data_dir == "runs/demo/data":
     with config.unlocked():
       config.dataset.data_dir = os.path.join(FLAGS.workdir, "data")

@@ -21,6 +21,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 from htt_jax import cpu_flags  # noqa: E402  (imports no JAX)
 
 cpu_flags.set_safe_default()
+# One glibc malloc arena that keeps XLA:CPU's temporaries between calls, as the scripts get it
+# (cpu_flags.configure_malloc; machines with few CPUs only).
+cpu_flags.configure_malloc()
 
 import numpy as np
 import pytest
