@@ -111,8 +111,11 @@ def warn_if_unsafe_for_bfloat16() -> bool:
 # minor faults and 170 ms of system time a step on 2 cores. One arena that never mmaps nor trims
 # keeps that memory for the next step: the demo's step 605 -> 558 ms (docs/benchmarks.md). One
 # arena serialises the threads' mallocs, hence only on machines with few CPUs, where XLA:CPU's
-# time matters and the input pipeline has few threads.
+# time matters and the input pipeline has few threads; compiling gets slower with it (the demo's
+# two compiles 10.6 + 8.9 s against 9.0 + 7.9), so compile-bound work may opt out:
+# HTT_JAX_MALLOC=glibc (the test session does).
 MALLOC_MAX_CPUS = 8
+MALLOC_ENV = "HTT_JAX_MALLOC"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's <malloc.h>
 # A malloc setting of the user's own (or another malloc preloaded): left alone.
 _USER_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_",
@@ -131,11 +134,14 @@ def configure_malloc() -> bool:
   """One glibc malloc arena, no mmap, no trimming (see above), for a process on a machine with at
   most MALLOC_MAX_CPUS CPUs; returns whether it is in effect. Left as it is without glibc, with
   more CPUs, or when the environment sets malloc itself (GLIBC_TUNABLES, MALLOC_*_, or a malloc in
-  LD_PRELOAD). Values are unchanged; memory freed by the process stays with it until it exits.
-  Call it before JAX and TensorFlow start their threads (`configure` does)."""
+  LD_PRELOAD), or with HTT_JAX_MALLOC=glibc. Values are unchanged; memory freed by the process
+  stays with it until it exits. Call it before JAX and TensorFlow start their threads
+  (`configure` does)."""
   global _malloc_configured
   if _malloc_configured:
     return True
+  if os.environ.get(MALLOC_ENV) == "glibc":
+    return False
   own = [k for k in _USER_MALLOC_ENV if os.environ.get(k)]
   if "malloc" in os.environ.get("LD_PRELOAD", ""):
     own.append("LD_PRELOAD")

@@ -184,7 +184,7 @@ print("FAULTS", sorted(faults[-4:])[1])  # the lower median of the last 4 calls
 
 def _faults_per_call(setting):
   env = {k: v for k, v in os.environ.items()
-         if k not in cpu_flags._USER_MALLOC_ENV and k != "LD_PRELOAD"}
+         if k not in cpu_flags._USER_MALLOC_ENV + ("LD_PRELOAD", cpu_flags.MALLOC_ENV)}
   out = subprocess.run([sys.executable, "-c", _MALLOC_CHILD, setting], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=300, check=True).stdout
   return int(out.split("FAULTS")[1])
@@ -202,12 +202,12 @@ def test_one_malloc_arena_keeps_xla_temporaries_from_being_faulted_in_at_every_c
 def test_malloc_is_left_alone_when_the_environment_or_the_machine_says_so(monkeypatch):
   monkeypatch.setattr(cpu_flags, "_malloc_configured", False)
   monkeypatch.setattr(cpu_flags, "_available_cpus", lambda: 2)
+  for key in cpu_flags._USER_MALLOC_ENV + ("LD_PRELOAD", cpu_flags.MALLOC_ENV):
+    monkeypatch.delenv(key, raising=False)  # conftest sets HTT_JAX_MALLOC=glibc for the session
   for key, value in (("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"), ("MALLOC_ARENA_MAX", "4"),
-                     ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")):
+                     ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2"), (cpu_flags.MALLOC_ENV, "glibc")):
     with monkeypatch.context() as env:
       env.setenv(key, value)
       assert not cpu_flags.configure_malloc(), key
-  for key in cpu_flags._USER_MALLOC_ENV + ("LD_PRELOAD",):
-    monkeypatch.delenv(key, raising=False)
   monkeypatch.setattr(cpu_flags, "_available_cpus", lambda: cpu_flags.MALLOC_MAX_CPUS + 1)
   assert not cpu_flags.configure_malloc()  # many CPUs: one arena would serialise their mallocs
