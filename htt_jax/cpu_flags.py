@@ -29,6 +29,8 @@ from typing import Iterable
 
 from absl import logging
 
+from htt_jax.benchmark import hardware  # no JAX: safe before JAX starts
+
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 OFF = f"{YNN_FLAG}="
 FLOAT32_FUSIONS = f"{YNN_FLAG}=reduce"  # either BatchNorm
@@ -123,13 +125,6 @@ _USER_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "M
 _malloc_configured = False
 
 
-def _available_cpus() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux
-    return os.cpu_count() or 1
-
-
 def configure_malloc() -> bool:
   """One glibc malloc arena, no mmap, no trimming (see above), for a process on a machine with at
   most MALLOC_MAX_CPUS CPUs; returns whether it is in effect. Left as it is without glibc, with
@@ -148,7 +143,7 @@ def configure_malloc() -> bool:
   if own:
     logging.info("glibc malloc as the environment sets it (%s)", ", ".join(own))
     return False
-  cpus = _available_cpus()
+  cpus = hardware.available_cpus()
   if cpus > MALLOC_MAX_CPUS:
     return False
   try:
