@@ -12,8 +12,8 @@ node's GPUs: ask for --gpus-per-node, not --gpus-per-task, which would hide all 
   srun .venv/bin/python scripts/train.py --config=configs/fpha_gpu_slurm.py:nodes=2 \
       --workdir=/shared/runs/fpha_gpu --config.dataset.data_dir=gs://BUCKET/fpha_tfr
 
---workdir is a shared file system path (Lustre, NFS) that every node mounts at the same place
-(gs:// for --workdir comes with the second part of issue 17: docs/launch.md). `sbatch --requeue`
+--workdir is a shared file system path (Lustre, NFS) that every node mounts at the same place,
+or a gs:// URL (docs/launch.md). `sbatch --requeue`
 (or the scheduler's preemption) sends SIGTERM: the run saves and exits, and the requeued job
 resumes from the newest checkpoint.
 """

@@ -6,15 +6,15 @@ chip. For a v4-32 slice (4 hosts x 4 chips = 16 devices) that is 64 clips per st
   # Once, from any machine: shards and manifests into the bucket (at least one shard per host).
   python scripts/prepare_data.py --dataset=fpha --raw_dir=/data/fpha \
       --output_dir=gs://BUCKET/fpha_tfr --min_shards=64
-  # On every host of the slice at once:
-  # (JAX_COORDINATOR_ADDRESS: worker 0's internal IP; docs/launch.md says why.)
+  # The code and its .venv on every host (same path), then on all workers at once:
   gcloud compute tpus tpu-vm ssh NAME --zone=ZONE --worker=all --command="cd htt-jax && \
-      JAX_COORDINATOR_ADDRESS=WORKER0_IP:8476 .venv/bin/python scripts/train.py \
+      .venv/bin/python scripts/train.py \
       --config=configs/fpha_tpu_pod.py --workdir=gs://BUCKET/runs/fpha_pod \
       --config.dataset.data_dir=gs://BUCKET/fpha_tfr"
 
-(--workdir=gs://... needs the second part of issue 17, docs/launch.md; until then a file system
-every host mounts, e.g. Filestore, at the same path.)
+On a Cloud TPU VM scripts/train.py starts jax.distributed itself (the coordinator is worker 0,
+found from the TPU metadata; docs/launch.md), and checkpoints, metrics and evaluation go to the
+gs:// workdir.
 
 The same command after a maintenance event or a preemption resumes from the newest checkpoint in
 gs://BUCKET/runs/fpha_pod/checkpoints. `--config=configs/fpha_tpu_pod.py:hosts=8` sizes the batch
