@@ -11,6 +11,7 @@ from htt_jax import config_lib
 
 
 def get_config(arg=None):
+  arg = config_lib.check_variant(arg, ('runlocal',), "configs/fpha.py")
   config = config_lib.base_config()
   config.dataset.name = "fpha"
   config.model.num_joints, config.model.num_objects, config.model.num_actions = (

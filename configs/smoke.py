@@ -8,6 +8,7 @@ from htt_jax import config_lib
 
 
 def get_config(arg=None):
+  arg = config_lib.check_variant(arg, ('h2o',), "configs/smoke.py")
   config = config_lib.base_config()
   config.dataset.name = "synthetic"
   config.dataset.image_size = (72, 128)

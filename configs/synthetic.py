@@ -19,6 +19,7 @@ from htt_jax import config_lib
 
 
 def get_config(arg=None):
+  arg = config_lib.check_variant(arg, ('runlocal',), "configs/synthetic.py")
   config = config_lib.base_config()
   config.dataset.name = "synthetic"
   config.dataset.data_dir = "runs/demo/data"

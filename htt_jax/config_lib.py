@@ -129,6 +129,15 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
+def check_variant(arg, known: tuple, source: str):
+  """A config file's argument (`--config=F.py:runlocal`) when it is one of `known` or empty;
+  otherwise a ValueError naming the file and the known ones (a misspelt variant would silently
+  give the full-size config)."""
+  if arg not in (None, "") and arg not in known:
+    raise ValueError(f"{source}: unknown argument {arg!r} after ':' (known: {list(known)})")
+  return arg or None
+
+
 def parse_options(arg, defaults: dict, source: str) -> dict:
   """The integer options of a config file's argument, e.g. `--config=F.py:hosts=8,clips_per_chip=2`
   (ml_collections passes the text after ':' to get_config): `defaults` updated by them; an unknown
@@ -156,6 +165,14 @@ def _positive(config, key):
     value = value[part]
   if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
     raise ConfigError(f"config.{key}={value!r} must be a positive number")
+
+
+def _integer_at_least(config, key, minimum):
+  value = config
+  for part in key.split("."):
+    value = value[part]
+  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    raise ConfigError(f"config.{key}={value!r} must be an integer >= {minimum}")
 
 
 def validate_config(config, num_devices: int | None = None) -> None:
@@ -208,6 +225,22 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if config.num_train_steps != -1 and config.num_train_steps <= 0:
     raise ConfigError(f"config.num_train_steps={config.num_train_steps} must be positive, or -1 "
                      "for num_epochs x steps per epoch")
+  if config.num_train_steps == -1:
+    _positive(config, "num_epochs")
+  # Orbax would keep none (0: the run ends with no checkpoint) or refuse with a traceback (< 0).
+  _integer_at_least(config, "keep_checkpoints", 1)
+  # tf.data's own limits, checked here so that a mistake is named before the model is built.
+  for key in ("dataset.num_parallel_calls", "dataset.shuffle_buffer", "dataset.cycle_length"):
+    _integer_at_least(config, key, 1)
+  _integer_at_least(config, "dataset.prefetch", 0)
+  augment = config.dataset.augment
+  for key in ("brightness", "contrast", "saturation", "blur_radius", "center_jittering"):
+    value = augment[key]
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f"config.dataset.augment.{key}={value!r} must be a number >= 0 (0: off)")
+  if not 0 <= augment.hue <= 0.5:
+    raise ConfigError(f"config.dataset.augment.hue={augment.hue!r} must be in [0, 0.5] (a "
+                      "fraction of the hue circle either way; 0: off)")
 
   m = config.model
   if m.num_frames % m.window:

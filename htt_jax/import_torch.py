@@ -6,7 +6,9 @@ Public API:
   reference_to_flax(state_dict, config, source=None) -> {'params', 'batch_stats'}
   flax_to_reference(variables) -> {key: np.ndarray}   exact inverse, in reference.md §5.2 order
   resnet_to_flax(state_dict, source=None) -> {'params', 'batch_stats'} of the `backbone` subtree
-  init_backbone_from_resnet(variables, path) -> new variables with an ImageNet backbone
+  load_resnet(path) -> {'params', 'batch_stats'}    a torchvision ResNet-18 file, as resnet_to_flax
+  init_backbone_from_resnet(variables, path or load_resnet's result) -> new variables with an
+      ImageNet backbone
   convert_reference_checkpoint(torch_path, config, output_dir) -> Orbax step path
 
 Key and layout map (reference.md §5.2): `meshregnet.base_net.*` -> `backbone`
@@ -400,12 +402,18 @@ def resnet_to_flax(state_dict: Mapping[str, Any], source: Optional[str] = None) 
   return _convert(state_dict, _backbone_layout("", ()), _resnet_shapes(), source)
 
 
-def init_backbone_from_resnet(variables, path: str) -> dict:
-  """A new variables tree whose `backbone` (params and batch_stats) comes from a ResNet-18 file.
+def load_resnet(path: str) -> dict:
+  """{'params', 'batch_stats'} of the `backbone` subtree from a torchvision ResNet-18 `.pth`."""
+  return resnet_to_flax(extract_state_dict(load_torch_file(path), source=path), source=path)
+
+
+def init_backbone_from_resnet(variables, path) -> dict:
+  """A new variables tree whose `backbone` (params and batch_stats) comes from a ResNet-18 file
+  (`path`), or from `load_resnet(path)`'s result, for a caller that read the file earlier.
 
   The input tree is not modified; the new backbone leaves are host numpy float32 arrays.
   """
-  resnet = resnet_to_flax(extract_state_dict(load_torch_file(path), source=path), source=path)
+  resnet = load_resnet(path) if isinstance(path, (str, os.PathLike)) else path
   for collection in ("params", "batch_stats"):
     old = jax.tree_util.tree_map(np.shape, variables[collection]["backbone"])
     new = jax.tree_util.tree_map(np.shape, resnet[collection])

@@ -94,6 +94,25 @@ def _check_resume(config, data, ckpt, step: int, metadata: dict, steps_per_epoch
                     "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in allowed))
 
 
+def _imagenet_backbone(path: str) -> dict:
+  """The backbone of config.init.resnet_checkpoint, read before the model is built: a file that is
+  not a torchvision ResNet-18 (or PyTorch missing) is a ConfigError naming the key."""
+  try:
+    from htt_jax import import_torch  # pylint: disable=g-import-not-at-top  (torch is optional)
+    return import_torch.load_resnet(path)
+  except ImportError as e:  # No PyTorch: the message says what to install.
+    raise config_lib.ConfigError(f"config.init.resnet_checkpoint={path!r}: {e}") from e
+  except FileNotFoundError:
+    raise
+  except ValueError as e:  # TorchCheckpointError, CheckpointMismatchError, ...
+    text = " ".join(str(e).split())
+    if len(text) > 600:  # A mismatch lists every key: the first ones say what the file is.
+      text = f"{text[:600]} ... ({len(text) - 600} more characters)"
+    raise config_lib.ConfigError(
+        f"config.init.resnet_checkpoint={path!r} is not a torchvision ResNet-18 state_dict "
+        f"that this model can load: {text}") from e
+
+
 def initial_variables(config, fresh):
   """The variables of the checkpoint folder `config.init.checkpoint` (its newest step: a training
   run's checkpoints or a converted .pth), for a new run: same tree and shapes as `fresh` (the
@@ -169,15 +188,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     logging.warning("config.init.resnet_checkpoint is empty: the ResNet-18 backbone starts from "
                     "RANDOM weights, not ImageNet as in the paper")
 
+  imagenet = None
+  if config.init.resnet_checkpoint and not (previous is None and config.init.checkpoint):
+    imagenet = _imagenet_backbone(config.init.resnet_checkpoint)  # Before the model is built.
+
   mesh = parallel.create_mesh()
   rng = jax.random.key(config.seed)
   with jax.set_mesh(mesh):
     variables = steps.random_variables(config, rng)
     if previous is None and config.init.checkpoint:  # A new run from another run's weights.
       variables = initial_variables(config, variables)
-    elif config.init.resnet_checkpoint:  # ImageNet backbone, as the reference starts
+    elif imagenet is not None:  # ImageNet backbone, as the reference starts
       from htt_jax import import_torch  # pylint: disable=g-import-not-at-top  (torch is optional)
-      variables = import_torch.init_backbone_from_resnet(variables, config.init.resnet_checkpoint)
+      variables = import_torch.init_backbone_from_resnet(variables, imagenet)
     state = jax.device_put(steps.create_train_state(config, rng, steps_per_epoch, variables),
                            parallel.replicated(mesh))
   freeze_from = steps.freezes_later(config)

@@ -86,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, user_errors=(FloatingPointError,))  # train.NonFiniteLossError: a diverged run

@@ -83,6 +83,27 @@ def test_other_scripts_report_mistakes_in_one_line(tmp_path):
       "none.pth")
 
 
+@pytest.mark.parametrize("args, names", [
+    (["--config=configs/smoke.py", "--config.no_such_key=1"],
+     ["names a key the config does not have", "'no_such_key'"]),
+    (["--config=configs/smoke.py", "--config.model.num_frame=8"],
+     ["'num_frame'", 'Did you mean "num_frames"']),
+    (["--config=configs/nope.py"], ["configs/nope.py", "No such file"]),
+    (["--config=configs/synthetic.py:runlokal"],
+     ["--config=configs/synthetic.py:runlokal", "unknown argument 'runlokal'", "runlocal"]),
+    (["--config=configs/fpha_tpu_pod.py:host=8"], ["unknown option 'host'", "hosts"]),
+    (["--config=configs/smoke.py", "--config.batch_size=abc"],
+     ["--config.batch_size=abc", "invalid literal for int()"]),
+    (["--config=configs/smoke.py", "--no_such_flag=1"], ["no_such_flag"]),
+])
+def test_command_lines_that_do_not_parse_are_one_line(tmp_path, args, names):
+  """absl prints two lines for some of these and ml_collections a traceback for the rest (a config
+  file's failure surfaces at the config's first use); cli.parse_flags makes each one line."""
+  run = _script("evaluate", f"--workdir={tmp_path / 'run'}", *args, timeout=120)
+  _assert_one_error_line(run, *names)
+  assert not (tmp_path / "run").exists()
+
+
 # The mechanism itself, in this process.
 
 def _exit_of(main, user_errors=()):

@@ -38,6 +38,16 @@ def test_paper_settings():
     ("grad_clip_norm", -1.0, "config.grad_clip_norm=-1.0 must be a number >= 0"),
     ("eval_split", "eval/test", "config.eval_split='eval/test' must be a split name"),
     ("tensorboard", None, "config.tensorboard=None must be True or False"),
+    # Orbax would keep no checkpoint at all (0) or refuse with a traceback (< 0).
+    ("keep_checkpoints", 0, "config.keep_checkpoints=0 must be an integer >= 1"),
+    ("keep_checkpoints", -1, "config.keep_checkpoints=-1 must be an integer >= 1"),
+    # tf.data's limits, otherwise reached only after the model is built.
+    ("dataset.prefetch", -5, "config.dataset.prefetch=-5 must be an integer >= 0"),
+    ("dataset.shuffle_buffer", 0, "config.dataset.shuffle_buffer=0 must be an integer >= 1"),
+    ("dataset.cycle_length", 0, "config.dataset.cycle_length=0 must be an integer >= 1"),
+    ("dataset.num_parallel_calls", 0, "config.dataset.num_parallel_calls=0 must be an integer >= 1"),
+    ("dataset.augment.brightness", -2.0, "config.dataset.augment.brightness=-2.0 must be a number >= 0"),
+    ("dataset.augment.hue", 0.7, "config.dataset.augment.hue=0.7 must be in [0, 0.5]"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()
@@ -49,6 +59,25 @@ def test_invalid_values_name_the_key(smoke_config, key, value, message):
   with pytest.raises(config_lib.ConfigError) as error:
     config_lib.validate_config(config)
   assert message in str(error.value)
+
+
+def test_epochs_must_be_positive_when_they_set_the_length(smoke_config):
+  config = smoke_config.copy_and_resolve_references()
+  config.num_epochs = 0
+  config_lib.validate_config(config)  # num_train_steps decides: the epochs are not used
+  config.num_train_steps = -1
+  with pytest.raises(config_lib.ConfigError, match="config.num_epochs=0 must be a positive number"):
+    config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("name, known", [("fpha", "runlocal"), ("h2o", "runlocal"),
+                                         ("synthetic", "runlocal"), ("benchmark", "runlocal"),
+                                         ("smoke", "h2o")])
+def test_a_misspelt_config_argument_is_refused(name, known):
+  assert load_config(name, known) != load_config(name)  # the variant does change the config
+  with pytest.raises(ValueError, match=rf"configs/{name}.py: unknown argument 'runlokal' after ':' "
+                                       rf"\(known: \['{known}'\]\)"):
+    load_config(name, "runlokal")
 
 
 def test_runs_evaluate_after_training_where_the_demo_and_paper_configs_say():

@@ -305,10 +305,34 @@ def test_resnet_initialises_only_the_backbone(smoke, tmp_path):
                                 new["params"]["backbone"]["layer2_1"]["conv2"]["kernel"])
   np.testing.assert_array_equal(state.batch_stats["backbone"]["bn1"]["var"],
                                 state_dict["bn1.running_var"].numpy())
+  # train.py reads the file before building the model (load_resnet), then passes the result.
+  assert_trees_equal(import_torch.init_backbone_from_resnet(variables, import_torch.load_resnet(path)),
+                     import_torch.init_backbone_from_resnet(variables, path))
   del state_dict["layer3.1.bn1.running_var"]
   torch.save(state_dict, path)
   with pytest.raises(import_torch.CheckpointMismatchError, match="layer3.1.bn1.running_var"):
     import_torch.init_backbone_from_resnet(variables, path)
+
+
+def test_train_names_the_key_of_a_file_that_is_no_resnet(tmp_path):
+  """config.init.resnet_checkpoint: a file torch cannot read, a pickle outside the allowlist and
+  the HTT weights instead of a ResNet's are each a ConfigError naming the key (one `error:` line
+  from train.py), raised by what train.py calls before it builds the model."""
+  from htt_jax import config_lib, train  # pylint: disable=g-import-not-at-top
+  empty = tmp_path / "empty.pth"
+  empty.write_bytes(b"")
+  unsafe = tmp_path / "unsafe.pth"
+  unsafe.write_bytes(pickle.dumps(uuid.UUID(int=1)))  # a global outside the allowlist
+  htt = tmp_path / "htt.pth"
+  torch.save({"model_state_dict": {"transformer_pe.pe": torch.zeros(1, 8)}}, str(htt))
+  for path, detail in ((empty, "not a readable PyTorch checkpoint"),
+                       (unsafe, "outside the allowlist"), (htt, "")):
+    with pytest.raises(config_lib.ConfigError) as error:
+      train._imagenet_backbone(str(path))  # pylint: disable=protected-access
+    message = str(error.value)
+    assert message.startswith(f"config.init.resnet_checkpoint={str(path)!r} is not a torchvision "
+                              "ResNet-18 state_dict"), message
+    assert detail in message and len(message) < 800, message
 
 
 def _run_script(*args):
