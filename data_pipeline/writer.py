@@ -49,6 +49,9 @@ from htt_jax import storage
 
 PLAN_SUFFIX = ".plan.json"
 _SAMPLE_VIDEOS = 8
+# Pillow hands the quality to libjpeg, which clamps anything outside 1..100 without a word (500
+# encodes as 100, 0 as 1) while the manifest would record the value given: refused instead.
+JPEG_QUALITY_RANGE = (1, 100)
 
 
 def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
@@ -70,7 +73,13 @@ class RecordOptions:
   spacing: int
   image_size: Tuple[int, int]
   image_format: str
-  jpeg_quality: int
+  jpeg_quality: Optional[int]
+
+  def __post_init__(self):
+    low, high = JPEG_QUALITY_RANGE
+    if self.image_format == "jpeg" and not (
+        isinstance(self.jpeg_quality, (int, np.integer)) and low <= self.jpeg_quality <= high):
+      raise ValueError(f"jpeg_quality={self.jpeg_quality!r} must be an integer in {low}..{high}")
 
 
 def _load_frame(video: Video, position: int, image_size) -> np.ndarray:
@@ -274,18 +283,19 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
   """Converts one split to TFRecord shards + manifest in output_dir; returns the manifest.
 
   A rerun with the same configuration skips finished shards and resumes an interrupted run; output
-  of another configuration is refused (naming the file) before anything is written.
+  of another configuration is refused (naming the file) before anything is written, and so is a
+  split without videos (a manifest never describes an empty split) or a bad argument.
   """
   videos = list(videos)
   windowing.storage_windows(0, num_frames, window, spacing)  # validates T, t, spacing
   if image_format not in ("jpeg", "png"):
     raise ValueError(f"image_format must be 'jpeg' or 'png', got {image_format!r}")
-  if videos:
-    image_size, num_joints, num_hands = check_videos(videos, image_size)
-  elif image_size is None:
-    raise ValueError(f"split {split!r} has no videos and no image_size was given")
-  else:
-    image_size, num_joints, num_hands = tuple(int(x) for x in image_size), 0, 0
+  if not shard_bytes > 0 or not min_shards >= 1 or not num_workers >= 1:
+    raise ValueError(f"need shard_bytes > 0, min_shards >= 1 and num_workers >= 1, got "
+                     f"{shard_bytes}, {min_shards}, {num_workers}")
+  if not videos:
+    raise ValueError(f"split {split!r} has no videos: nothing to write")
+  image_size, num_joints, num_hands = check_videos(videos, image_size)
   opts = RecordOptions(num_frames, window, spacing, image_size, image_format,
                   jpeg_quality if image_format == "jpeg" else None)
   config = schema.record_config(dataset_name, num_frames, window, spacing, image_size,
@@ -299,7 +309,7 @@ def prepare_split(videos: Iterable[Video], output_dir: str, split: str, *, num_f
   storage.makedirs(output_dir)
   plan_path = os.path.join(output_dir, split + PLAN_SUFFIX)
   if plan is None:
-    plan = _make_plan(videos, opts, shard_bytes, min_shards) if videos else []
+    plan = _make_plan(videos, opts, shard_bytes, min_shards)
     names = [schema.shard_name(split, i, len(plan)) for i in range(len(plan))]
   # The plan goes first and a stale manifest away, so an interruption never leaves a manifest over
   # an incomplete split, and the next run finds the same assignment.

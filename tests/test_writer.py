@@ -14,13 +14,17 @@ import subprocess
 import sys
 import time
 
+from absl import app
 import numpy as np
 from PIL import Image
 import pytest
 
+import raw_layouts
+from data_pipeline import h2o
 from data_pipeline import reader
 from data_pipeline import writer
 from data_pipeline.video import Video
+from htt_jax import config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = (16, 24)
@@ -302,3 +306,104 @@ def test_prepare_data_script_synthetic(tmp_path):
     clip = next(reader.read_clips(str(tmp_path), split))
     assert clip["image"].shape == (16, 72, 128, 3)
     assert json.loads(path.read_text())["dataset"] == "synthetic"
+
+
+# Arguments and flags that no training config could use (or that the encoder would silently
+# clamp) are refused before anything is read or written.
+
+@pytest.mark.parametrize("change,message", [
+    (dict(image_format="jpeg", jpeg_quality=500), r"jpeg_quality=500 must be an integer in 1..100"),
+    (dict(image_format="jpeg", jpeg_quality=0), r"jpeg_quality=0 must be an integer in 1..100"),
+    (dict(shard_bytes=0), r"shard_bytes > 0.*got 0,"),
+    (dict(min_shards=0), r"min_shards >= 1.*got 1, 0,"),
+    (dict(num_workers=0), r"num_workers >= 1.*got 1, 1, 0"),
+    (dict(videos=[]), r"split 'train' has no videos: nothing to write")])
+def test_bad_arguments_and_empty_splits_write_nothing(tmp_path, change, message):
+  change = dict(change)
+  videos = change.pop("videos", None)
+  with pytest.raises(ValueError, match=message):
+    prepare(tmp_path / "out", videos, **change)
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def prepare_data_script():
+  """scripts/prepare_data.py as a module. Its absl flags (--dataset, ...) are defined in this
+  process's global FLAGS while the module's tests run and removed afterwards: left defined, they
+  clash with other command lines parsed in the same process (TFDS's `--dataset`)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  before = set(flags.FLAGS)
+  spec = importlib.util.spec_from_file_location("prepare_data_script",
+                                                ROOT / "scripts" / "prepare_data.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  yield module
+  for name in set(flags.FLAGS) - before:
+    delattr(flags.FLAGS, name)
+
+
+def run_prepare_data(script, *args):
+  """The script's main() on parsed flags, in this process (as cli.run would call it)."""
+  script.FLAGS(["prepare_data.py", *args])
+  try:
+    return script.main(["prepare_data.py"])
+  finally:
+    script.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--num_frames=12", r"--num_frames=12 \(T\) must be a multiple of --window=8 \(t\)"),
+    ("--image_size=16,16", r"--image_size=16,16 must be H,W with both at least 32 px"),
+    ("--image_size=72", r"--image_size=72 must be H,W"),
+    ("--synthetic_videos=0", r"--synthetic_videos=0 must be an integer >= 1"),
+    ("--synthetic_videos=-3", r"--synthetic_videos=-3 must be an integer >= 1"),
+    ("--synthetic_seed=-1", r"--synthetic_seed=-1 must be an integer >= 0"),
+    ("--jpeg_quality=500", r"--jpeg_quality=500 must be in 1\.\.100"),
+    ("--jpeg_quality=0", r"--jpeg_quality=0 must be in 1\.\.100"),
+    ("--spacing=0", r"--spacing=0 must be an integer >= 1"),
+    ("--window=0", r"--window=0 must be an integer >= 1"),
+    ("--num_frames=0", r"--num_frames=0 must be an integer >= 1"),
+    ("--shard_mb=0", r"--shard_mb=0.0 must be a positive number of MB"),
+    ("--shard_mb=nan", r"--shard_mb=nan must be a positive number of MB"),
+    ("--min_shards=0", r"--min_shards=0 must be an integer >= 1"),
+    ("--num_workers=0", r"--num_workers=0 must be an integer >= 1"),
+    ("--splits=train,tset", r"--splits=train,tset: \['tset'\] are not splits of "
+     r"--dataset=synthetic, whose splits are train,val,test")])
+def test_prepare_data_refuses_bad_flags_before_any_work(prepare_data_script, tmp_path, flag,
+                                                        message):
+  out = tmp_path / "out"
+  args = ["--dataset=synthetic", f"--output_dir={out}", "--image_size=72,128", "--num_frames=16",
+          "--window=8", "--synthetic_videos=1", "--num_workers=1", flag]
+  with pytest.raises(app.UsageError, match=message):
+    run_prepare_data(prepare_data_script, *args)
+  assert not out.exists()
+
+
+def _h2o_without_frames(root, segments):
+  """An H2O folder whose frame folders are empty: enough for annotations, no image is read."""
+  raw = raw_layouts.write_h2o(root, segments, images=False)
+  for cam in raw.glob("*/*/*/cam4"):
+    (cam / "rgb480_270").mkdir()
+  return raw
+
+
+def test_prepare_data_refuses_an_empty_split_before_converting_any(prepare_data_script, tmp_path,
+                                                                   monkeypatch):
+  # An H2O folder whose val list has no segment: the source names the file, before train is read.
+  raw = _h2o_without_frames(tmp_path / "raw", dict(raw_layouts.H2O_SEGMENTS, val=()))
+  out = tmp_path / "out"
+  args = ["--dataset=h2o", f"--raw_dir={raw}", f"--output_dir={out}", "--image_size=72,128",
+          "--num_frames=16", "--window=8", "--num_workers=1"]
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"split 'val': {raw / 'action_labels' / 'action_val.txt'}: no segments"):
+    run_prepare_data(prepare_data_script, *args)
+  assert not out.exists()
+  # A source that yields no video without an error of its own: the split and --raw_dir are named.
+  real = h2o.iter_videos
+  monkeypatch.setattr(h2o, "iter_videos", lambda raw_dir, split, size: iter(
+      () if split == "test" else real(raw_dir, split, size)))
+  raw = _h2o_without_frames(tmp_path / "raw2", raw_layouts.H2O_SEGMENTS)
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"split 'test' of --raw_dir={raw} has no videos: nothing to convert"):
+    run_prepare_data(prepare_data_script, *args[:1], f"--raw_dir={raw}", *args[2:])
+  assert not out.exists()
