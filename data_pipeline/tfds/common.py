@@ -203,8 +203,9 @@ class WindowedVideoBuilder(tfds.core.GeneratorBasedBuilder):
     num_joints, num_hands = self._joints_and_hands()
     self._plans: Dict[str, _SplitPlan] = {}
     generators = {}
-    # Every split's annotations are read and checked before any image is encoded, as
-    # prepare_data.py does: bad data fails in seconds, naming the file.
+    # Every split's annotations are read and checked before any image is encoded (prepare_data.py
+    # checks every split's list up to its first video first, then reads each split whole before
+    # encoding it): bad data fails in seconds, naming the file.
     for split in self.SPLIT_NAMES:
       videos = list(videos_of(split))
       if not videos:
