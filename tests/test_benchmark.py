@@ -192,6 +192,11 @@ def test_pipeline_modes_need_a_data_dir():
     runner.run_benchmark(tiny_config(), "input")
   with pytest.raises(ValueError, match="config.num_devices=64"):
     runner.run_benchmark(tiny_config(num_devices=64), "train")
+  for key, value, low in (("warmup_steps", -1, 0), ("timed_steps", 0, 1)):
+    config = tiny_config()
+    config[key] = value
+    with pytest.raises(ValueError, match=f"config.{key}={value} must be an integer >= {low}"):
+      runner.run_benchmark(config, "train")
 
 
 # ---- The backbone alone: --mode=backbone and --mode=conv_layers --------------------------------
