@@ -44,8 +44,10 @@ def save_variables(directory: str, variables, step: int = 0,
   return os.path.join(_absolute(directory), str(step))
 
 
-def restore_variables(directory: str, step: Optional[int] = None) -> tuple[Any, dict]:
-  """(variables, metadata) of `step` (default: the latest) in a checkpoint directory."""
+def restore_variables(directory: str, step: Optional[int] = None,
+                      config=None) -> tuple[Any, dict]:
+  """(variables, metadata) of `step` (default: the latest) in a checkpoint directory; given the
+  `config` they will run with, also `check_variables` (evaluation and prediction pass it)."""
   if not storage.isdir(directory):
     raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
   import jax  # pylint: disable=g-import-not-at-top
@@ -63,7 +65,49 @@ def restore_variables(directory: str, step: Optional[int] = None) -> tuple[Any, 
       METADATA: ocp.args.JsonRestore(),
   }))
   manager.close()
-  return restored[VARIABLES], dict(restored[METADATA] or {})
+  variables, metadata = restored[VARIABLES], dict(restored[METADATA] or {})
+  if config is not None:
+    check_variables(variables, config, directory, metadata)
+  return variables, metadata
+
+
+# The config.model keys that set parameter shapes, named in check_variables' message.
+_SHAPE_KEYS = ("num_joints", "num_objects", "num_actions", "hidden_dim", "mlp_dim", "num_heads",
+               "num_layers_pose", "num_layers_action")
+
+
+def check_variables(variables, config, source: str, metadata: Optional[dict] = None) -> None:
+  """ConfigError naming `source` (the checkpoint) when the parameters do not have the shapes of
+  the config's model: a head or a width the checkpoint was not trained with. Callers check right
+  after restoring, before compiling; Flax would fail later with a ScopeParamShapeError. Costs an
+  abstract initialisation (jax.eval_shape), nothing is compiled."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from htt_jax.models import build_model, init_variables  # pylint: disable=g-import-not-at-top
+  model = build_model(config)
+  expected = jax.eval_shape(lambda rng: init_variables(model, rng, config), jax.random.key(0))
+  want = {jax.tree_util.keystr(k): tuple(v.shape)
+          for k, v in jax.tree_util.tree_leaves_with_path(expected["params"])}
+  have = {jax.tree_util.keystr(k): tuple(np.shape(v))
+          for k, v in jax.tree_util.tree_leaves_with_path(variables.get("params", {}))}
+  diff = [f"{k}: checkpoint {have.get(k, 'missing')}, config {want.get(k, 'absent')}"
+          for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
+  if not diff:
+    return
+  m = config.model
+  message = (f"{source}: the checkpoint's parameters do not match the config (config.model: "
+             + ", ".join(f"{k}={m[k]}" for k in _SHAPE_KEYS) + "): "
+             + "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else ""))
+  # Training and conversion store the config in the metadata: name the keys that differ.
+  saved = (metadata or {}).get("config")
+  saved = saved.get("model") if isinstance(saved, dict) else None
+  hints = [f"config.model.{k}={saved[k]}" for k in _SHAPE_KEYS
+           if k in saved and saved[k] != m[k]] if isinstance(saved, dict) else []
+  message += (f"; its metadata says {', '.join(hints)}: run with those" if hints else
+              "; use the config (and --config.model.* overrides) it was trained or converted "
+              "with")
+  raise config_lib.ConfigError(message)
+
 
 TRAIN = "train"
 

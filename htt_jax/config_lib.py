@@ -167,6 +167,12 @@ def _positive(config, key):
     raise ConfigError(f"config.{key}={value!r} must be a positive number")
 
 
+def is_split_name(name) -> bool:
+  """A split's name (`config.eval_split`, evaluate.py's --split): it names a manifest and the
+  folder eval/<split>/, so letters, digits and _ only (no '/' or '..' to leave eval/)."""
+  return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name) is not None
+
+
 def _integer_at_least(config, key, minimum):
   value = config
   for part in key.split("."):
@@ -219,7 +225,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if not isinstance(tensorboard, bool):
     raise ConfigError(f"config.tensorboard={tensorboard!r} must be True or False")
   eval_split = config.get("eval_split", "")
-  if not isinstance(eval_split, str) or not re.fullmatch(r"[A-Za-z0-9_]*", eval_split):
+  if not (eval_split == "" or is_split_name(eval_split)):
     raise ConfigError(f"config.eval_split={eval_split!r} must be a split name such as 'test' or "
                       "'val', or '' for no evaluation after training")
   if config.num_train_steps != -1 and config.num_train_steps <= 0:

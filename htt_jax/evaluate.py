@@ -78,12 +78,13 @@ def evaluate(config, checkpoint_dir: str, output_dir: str, split: str = "test",
              step: Optional[int] = None) -> dict:
   """Evaluates a checkpoint on a split; writes and returns metrics.json's content."""
   config_lib.validate_config(config)
-  # An output folder that cannot be written (a missing bucket), a missing checkpoint, or a missing
-  # or mismatched split (the training split too: its mean pose is the baseline) stops here,
-  # before anything is compiled.
+  # An output folder that cannot be written (a missing bucket), a missing checkpoint or one of
+  # another model size, or a missing or mismatched split (the training split too: its mean pose is
+  # the baseline) stops here, before anything is compiled. The output folder is only created when
+  # the results are written, so a failure leaves no empty eval/<split>/ behind.
   if jax.process_index() == 0:
-    storage.check_writable(output_dir)
-  variables, ckpt_metadata = checkpointing.restore_variables(checkpoint_dir, step)
+    storage.check_can_create(output_dir)
+  variables, ckpt_metadata = checkpointing.restore_variables(checkpoint_dir, step, config)
   for needed in dict.fromkeys((split, "train")):
     input_pipeline.load_manifest(config.dataset.data_dir, needed, config)
   out = _predict_split(config, variables, split)

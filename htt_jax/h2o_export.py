@@ -51,6 +51,21 @@ NUM_ACTIONS = 36
 NUM_JOINTS = 42  # 0-20 left hand, 21-41 right hand.
 
 
+def check_config(config) -> None:
+  """ConfigError unless `config` is an H2O one (dataset h2o: 42 joints, 36 actions): what the
+  submissions need, checked before evaluation, which would otherwise run the whole split first."""
+  got = {"config.dataset.name": config.dataset.name,
+         "config.model.num_joints": config.model.num_joints,
+         "config.model.num_actions": config.model.num_actions}
+  want = {"config.dataset.name": "h2o", "config.model.num_joints": NUM_JOINTS,
+          "config.model.num_actions": NUM_ACTIONS}
+  if got != want:
+    raise config_lib.ConfigError(
+        "--h2o_export needs an H2O config (configs/h2o.py: "
+        + ", ".join(f"{k}={v!r}" for k, v in want.items()) + "), got "
+        + ", ".join(f"{k}={v!r}" for k, v in got.items() if v != want[k]))
+
+
 def segment_id(video_id: str) -> int:
   """'test/0042' (data_pipeline/h2o.py's video ids) -> 42, the id column of the split file."""
   match = re.fullmatch(r"(train|val|test)/(\d+)", str(video_id))

@@ -3,7 +3,8 @@
 Input arrays are per frame, N = (number of clips) x T, clip-major:
   images (N,H,W,3) uint8, or float32 already normalised as x/255 - 0.5; intrinsics (N,3,3) of those
   images; not_padding (N,); optional labels joints25d (N,J,3), joints3d (N,J,3), object (N,),
-  action (N,) (the clip's label is its first frame's, as in the reference).
+  action (N,) (class indices in [0, n_o) and [0, n_a) on every frame; the clip's label is its
+  first frame's, as in the reference).
 Output: joints2d (N,J,2) px, depth (N,J) m, joints3d (N,J,3) m, object_probs (N,n_o),
   action_probs (N/T,n_a); with labels also loss/joints2d, loss/depth, loss/joints3d, loss/object,
   loss/action, loss/total over all the clips.
@@ -74,7 +75,35 @@ def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input
     missing = sorted(set(LABEL_KEYS) - set(present))
     raise config_lib.ConfigError(
         f"{source}: labels are all-or-nothing; got {present}, missing {missing}")
+  for key, count in (("object", config.model.num_objects), ("action", config.model.num_actions)):
+    if key in out:
+      _check_class_labels(out[key], key, count, source)
   return out
+
+
+def _check_class_labels(labels: np.ndarray, key: str, count: int, source: str) -> None:
+  """Class indices in [0, count): the losses have no ignored label, so an index out of range gives
+  a NaN loss, and -1 (unlabelled in prepared records) a finite but wrong one. Every frame counts,
+  padding too (its loss is weighted 0, but 0 x NaN is NaN). Unlabelled clips are predicted
+  without the label arrays."""
+  expected = (f"expected whole-number class indices in [0, {count}) "
+              f"(config.model.num_{key}s={count}); for unlabelled clips leave out all four "
+              f"label arrays ({', '.join(LABEL_KEYS)})")
+  if labels.dtype.kind == "f":
+    whole = labels == np.round(labels)
+    if not whole.all():
+      first = int(np.argmin(whole))
+      raise config_lib.ConfigError(
+          f"{source}: '{key}' has {labels[first].item()!r} at frame {first}: " + expected)
+  elif labels.dtype.kind not in "iu":
+    raise config_lib.ConfigError(f"{source}: '{key}' has dtype {labels.dtype}: " + expected)
+  outside = (labels < 0) | (labels >= count)
+  if outside.any():
+    first = int(np.argmax(outside))
+    value = labels[first].item()
+    raise config_lib.ConfigError(
+        f"{source}: '{key}' has {value:g} at frame {first} ({int(outside.sum())} frame(s) out "
+        "of range): " + expected)
 
 
 class Predictor:
@@ -97,7 +126,8 @@ class Predictor:
 
   @classmethod
   def from_checkpoint(cls, config, checkpoint_dir: str, step: Optional[int] = None, **kwargs):
-    variables, _ = checkpointing.restore_variables(checkpoint_dir, step)
+    # The parameters are checked against the config here, before Forward compiles anything.
+    variables, _ = checkpointing.restore_variables(checkpoint_dir, step, config)
     return cls(config, variables, **kwargs)
 
   def predict(self, clips: Mapping[str, np.ndarray], source: str = "input") -> dict:

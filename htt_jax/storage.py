@@ -188,6 +188,28 @@ def check_writable(directory) -> None:
                           "application-default login) and the permission to write") from e
 
 
+def check_can_create(directory) -> None:
+  """`check_writable` for a folder that outputs will be written to later, creating nothing now:
+  locally the probe goes to the nearest folder that exists above `directory` (the missing ones are
+  made when the first output is written), so a run that fails before writing leaves no empty
+  folder behind. A URL has no folders to create: `check_writable` as it is."""
+  directory = os.fspath(directory)
+  if is_url(directory):
+    check_writable(directory)
+    return
+  existing = os.path.abspath(directory)
+  while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or existing == os.path.abspath(directory):
+    # A file in the way: check_writable fails on it, naming `directory`, before creating anything.
+    check_writable(directory)
+    return
+  try:
+    check_writable(existing)
+  except (FileNotFoundError, PermissionError) as e:
+    raise type(e)(f"{e} (to create {directory} in it)") from e
+
+
 def _first_line(error: BaseException) -> str:
   return (str(error).strip().splitlines() or [""])[0][:300]
 

@@ -2,13 +2,13 @@
 `scripts/predict_video.py` (docs/video.md).
 
 Order: every check of the input (path, decodability, sizes, intrinsics) and of the checkpoint
-(its parameters against the config's heads) comes before anything is compiled; then the frames
-stream through `video.run_overlapped` (decode | model | collect and draw overlay.mp4); then the
-figures, predictions.npz and predictions.json are written, and overlay.mp4 is renamed into place
-last. Every file goes through `storage` (atomic), so `output_dir` may be a gs:// URL (overlay.mp4 is
-encoded to a local temporary file and uploaded once complete), and so may the video; if anything
-fails, the files this run wrote are removed, and `output_dir` too when this run created it, so a
-failure leaves nothing behind.
+(its parameters against the config's model: checkpointing.check_variables) comes before anything
+is compiled; then the frames stream through `video.run_overlapped` (decode | model | collect and
+draw overlay.mp4); then the figures, predictions.npz and predictions.json are written, and
+overlay.mp4 is renamed into place last. Every file goes through `storage` (atomic), so
+`output_dir` may be a gs:// URL (overlay.mp4 is encoded to a local temporary file and uploaded
+once complete), and so may the video; if anything fails, the files this run wrote are removed,
+and `output_dir` too when this run created it, so a failure leaves nothing behind.
 """
 
 import contextlib
@@ -22,26 +22,6 @@ from absl import logging
 from htt_jax import checkpointing, config_lib, storage, video, video_io, video_render
 
 OUTPUTS = ("predictions.npz", "predictions.json", "overlay.mp4", "figures")
-
-
-def check_heads(variables, config, checkpoint_dir: str) -> None:
-  """ConfigError naming the checkpoint when its parameters do not have the config's shapes."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from htt_jax.models import build_model, init_variables  # pylint: disable=g-import-not-at-top
-  model = build_model(config)
-  expected = jax.eval_shape(lambda rng: init_variables(model, rng, config), jax.random.key(0))
-  want = {jax.tree_util.keystr(k): tuple(v.shape)
-          for k, v in jax.tree_util.tree_leaves_with_path(expected["params"])}
-  have = {jax.tree_util.keystr(k): tuple(np.shape(v))
-          for k, v in jax.tree_util.tree_leaves_with_path(variables.get("params", {}))}
-  diff = [f"{k}: checkpoint {have.get(k, 'missing')}, config {want.get(k, 'absent')}"
-          for k in sorted(set(want) | set(have)) if want.get(k) != have.get(k)]
-  if diff:
-    raise config_lib.ConfigError(
-        f"{checkpoint_dir}: the checkpoint's parameters do not match the config (heads "
-        f"num_joints={config.model.num_joints}, num_objects={config.model.num_objects}, "
-        f"num_actions={config.model.num_actions}): " + "; ".join(diff[:4])
-        + (f"; and {len(diff) - 4} more" if len(diff) > 4 else ""))
 
 
 def vocabulary(config, metadata: dict) -> dict:
@@ -159,10 +139,11 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
   """
   config_lib.validate_config(config)
   source, letterbox, camera = prepare_input(config, video_path, intrinsics, fps)
-  metadata = {}
   if variables is None:
-    variables, metadata = checkpointing.restore_variables(checkpoint_dir, step)
-  check_heads(variables, config, checkpoint_dir or "variables")
+    variables, metadata = checkpointing.restore_variables(checkpoint_dir, step, config)
+  else:
+    metadata = {}
+    checkpointing.check_variables(variables, config, checkpoint_dir or "variables")
   names = vocabulary(config, metadata)
   from htt_jax import inference  # pylint: disable=g-import-not-at-top  (JAX)
   spacing, t_clip = config.dataset.spacing, config.model.num_frames

@@ -20,7 +20,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from htt_jax import cli, config_lib
+from htt_jax import cli, config_lib, h2o_export
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ inside; eval/ written here).")
@@ -38,13 +38,19 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  # A mistake in the config stops the run here, before JAX starts.
+  # A mistake in the config or the flags stops the run here, before JAX starts.
   config_lib.validate_config(FLAGS.config)
   cli.require_data_dir(FLAGS.config)
+  # The split names a manifest and the folder eval/<split>/: a name, as config.eval_split.
+  if not config_lib.is_split_name(FLAGS.split):
+    raise config_lib.ConfigError(f"--split={FLAGS.split!r} must be a split name such as 'test' "
+                                 "or 'val' (letters, digits, _)")
+  if FLAGS.h2o_export:
+    h2o_export.check_config(FLAGS.config)
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   cpu_flags.configure([FLAGS.config])  # before JAX starts
   import jax  # pylint: disable=g-import-not-at-top
-  from htt_jax import evaluate, h2o_export  # pylint: disable=g-import-not-at-top
+  from htt_jax import evaluate  # pylint: disable=g-import-not-at-top
   checkpoint_dir = FLAGS.checkpoint_dir or os.path.join(FLAGS.workdir, "checkpoints")
   output_dir = os.path.join(FLAGS.workdir, "eval", FLAGS.split)
   report = evaluate.evaluate(FLAGS.config, checkpoint_dir, output_dir, FLAGS.split, FLAGS.step)

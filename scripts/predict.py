@@ -37,8 +37,12 @@ def main(argv):
       clips = {key: data[key] for key in data.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise config_lib.ConfigError(f"cannot read --clips={FLAGS.clips}: {e}") from e
-  # A folder or bucket the output cannot go to stops the run before anything is compiled.
-  storage.check_writable(os.path.dirname(FLAGS.output) or ".")
+  # An output path that is a folder, or a folder or bucket the output cannot go to, stops the run
+  # before anything is restored or compiled (a missing local folder is made when writing).
+  if storage.isdir(FLAGS.output):
+    raise IsADirectoryError(f"--output={FLAGS.output} is a directory: give the path of the .npz "
+                            "file to write")
+  storage.check_can_create(os.path.dirname(FLAGS.output) or ".")
   # Check the input before restoring weights or compiling anything.
   inference.validate_clips(clips, config, source=FLAGS.clips)
   predictor = inference.Predictor.from_checkpoint(config, FLAGS.checkpoint_dir, FLAGS.step)

@@ -166,3 +166,22 @@ def test_evaluate_script_writes_the_submissions(h2o_data, tmp_path):
                              atol=1e-6)
   with open(workdir / "eval" / "test" / "metrics.json") as f:
     assert "left_mepe_mm" in json.load(f)
+
+
+def test_export_needs_an_h2o_config_and_says_so_before_evaluating(tmp_path):
+  h2o_export.check_config(load_config("h2o"))
+  with pytest.raises(ValueError, match=r"^--h2o_export needs an H2O config \(configs/h2o\.py: "
+                     r"config\.dataset\.name='h2o', config\.model\.num_joints=42, "
+                     r"config\.model\.num_actions=36\), got config\.dataset\.name='synthetic', "
+                     r"config\.model\.num_joints=21, config\.model\.num_actions=16$"):
+    h2o_export.check_config(load_config("smoke"))
+  # The script stops before restoring or evaluating anything: no checkpoint or data is needed.
+  workdir = tmp_path / "run"
+  run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"),
+                        "--config=configs/smoke.py", f"--workdir={workdir}", "--split=test",
+                        f"--config.dataset.data_dir={tmp_path}", "--h2o_export"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      "error: --h2o_export needs an H2O config"), run.stderr[-3000:]
+  assert not workdir.exists()

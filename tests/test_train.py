@@ -1,13 +1,16 @@
-"""The training loop on a tiny synthetic dataset: metrics file, exact resume, NaN tripwire."""
+"""The training loop on a tiny synthetic dataset: metrics file, exact resume, NaN tripwire; the
+evaluation after it, and evaluate.py's mistakes (one line, nothing written)."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import load_config, prepare_tiny_synthetic
+from conftest import ROOT, load_config, prepare_tiny_synthetic
 from htt_jax import checkpointing, metrics_log, train
 
 
@@ -147,3 +150,72 @@ def test_evaluate_matches_an_independent_recomputation(data_dir, tmp_path, monke
   assert report["baseline_mean_pose_mepe_mm"] == pytest.approx(metrics.pose_report(
       np.broadcast_to(mean_pose, cat("joints3d").shape), cat("joints3d"), cat("not_padding"),
       "fpha")["mepe_mm"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def random_run(data_dir, tmp_path_factory):
+  """A workdir whose checkpoint holds small constant weights of the smoke model (no training)."""
+  from htt_jax.models import build_model, init_variables  # pylint: disable=g-import-not-at-top
+  config = _config(data_dir, 2)
+  shapes = jax.eval_shape(lambda r: init_variables(build_model(config), r, config),
+                          jax.random.key(0))
+  workdir = tmp_path_factory.mktemp("random_run")
+  checkpointing.save_variables(str(workdir / "checkpoints"),
+                               jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes),
+                               step=1)
+  return workdir
+
+
+def test_failing_evaluations_stop_before_compiling_and_leave_no_folder(data_dir, random_run,
+                                                                      monkeypatch):
+  from htt_jax import config_lib, evaluate, parallel  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise AssertionError("the model was compiled before the mistake was found")
+
+  monkeypatch.setattr(parallel, "Forward", refuse)
+  ckpt, eval_dir = str(random_run / "checkpoints"), random_run / "eval"
+  config = _config(data_dir, 2)
+  other = config.copy_and_resolve_references()
+  other.model.hidden_dim = 32
+  with pytest.raises(config_lib.ConfigError) as error:
+    evaluate.evaluate(other, ckpt, str(eval_dir / "train"), "train")
+  assert str(error.value).startswith(f"{ckpt}: the checkpoint's parameters do not match the "
+                                     "config (config.model: "), error.value
+  assert "hidden_dim=32" in str(error.value)
+  assert "checkpoint (1, 1, 64), config (1, 1, 32)" in str(error.value)
+  with pytest.raises(FileNotFoundError, match=r"split 'nosuch' \(expected .*nosuch\.manifest"):
+    evaluate.evaluate(config, ckpt, str(eval_dir / "nosuch"), "nosuch")
+  with pytest.raises(FileNotFoundError, match="checkpoint directory .*no_checkpoints"):
+    evaluate.evaluate(config, str(random_run / "no_checkpoints"), str(eval_dir / "train"),
+                      "train")
+  assert sorted(p.name for p in random_run.iterdir()) == ["checkpoints"]
+  # An eval/ folder that existed keeps what it held, and nothing is added to it.
+  (eval_dir / "train").mkdir(parents=True)
+  (eval_dir / "train" / "mine.txt").write_text("x")
+  with pytest.raises(config_lib.ConfigError, match="do not match the config"):
+    evaluate.evaluate(other, ckpt, str(eval_dir / "train"), "train")
+  assert [p.name for p in (eval_dir / "train").iterdir()] == ["mine.txt"]
+  shutil.rmtree(eval_dir)
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--split=../x", "error: --split='../x' must be a split name such as 'test' or 'val' "
+                     "(letters, digits, _)"),
+    ("--split=", "error: --split='' must be a split name"),
+    ("--config.model.hidden_dim=32", "error: {ckpt}: the checkpoint's parameters do not match "
+                                     "the config (config.model: "),
+], ids=["path", "empty", "size"])
+def test_evaluate_script_errors_are_one_line_and_write_nothing(data_dir, random_run, tmp_path,
+                                                              flag, expected):
+  workdir = tmp_path / "run"
+  shutil.copytree(random_run / "checkpoints", workdir / "checkpoints")
+  run = subprocess.run([sys.executable, "scripts/evaluate.py", "--config=configs/smoke.py",
+                        f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}",
+                        "--split=train", flag], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+  assert run.returncode == 1, run.stderr[-3000:]
+  last = run.stderr.strip().splitlines()[-1]
+  assert last.startswith(expected.format(ckpt=workdir / "checkpoints")), run.stderr[-3000:]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+  assert sorted(p.name for p in workdir.iterdir()) == ["checkpoints"]
