@@ -134,10 +134,16 @@ class AvSource(FrameSource):
                               f"declares {self.declared_frames}")
 
 
+MIN_FPS = 0.001
+
+
 def open_source(path: str, fps: Optional[float] = None) -> FrameSource:
   """A frame folder or a video file; checks what can be checked without decoding it all."""
-  if fps is not None and not (math.isfinite(fps) and fps > 0):
-    raise config_lib.ConfigError(f"--fps={fps} must be a positive number of frames per second")
+  # The rate becomes a fraction with a denominator of at most 1001 (NTSC's 30000/1001): a rate
+  # below 1/1000 would become 0.
+  if fps is not None and not (math.isfinite(fps) and fps >= MIN_FPS):
+    raise config_lib.ConfigError(f"--fps={fps} must be a number of frames per second of at least "
+                                 f"{MIN_FPS}")
   if not storage.exists(path):
     raise FileNotFoundError(f"{path}: no such video file or frame folder")
   source = FolderSource(path, fps) if storage.isdir(path) else AvSource(path, fps)

@@ -67,6 +67,9 @@ def test_errors_found_before_the_model(tiny, no_model, tmp_path):
   for text in ("1,2,3", "a,b,c,d", "0,100,20,20", "100,100,nan,20"):
     _fails(tiny, video, out, r"--intrinsics=.*expected four numbers fx,fy,cx,cy",
            intrinsics=text)
+  for fps in (0.0, -30.0, float("nan"), 0.0001):  # 0.0001 would be written as a rate of 0
+    _fails(tiny, video, out, rf"--fps={fps} must be a number of frames per second of at least "
+           r"0\.001", fps=fps)
   with av.open(str(tmp_path / "zero.mp4"), "w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=25)
     stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
