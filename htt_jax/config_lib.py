@@ -151,18 +151,22 @@ def parse_options(arg, defaults: dict, source: str) -> dict:
   return options
 
 
-def _choice(config, key, allowed):
+def _value(config, key):
+  """config's value at a dotted key, e.g. 'dataset.prefetch'."""
   value = config
   for part in key.split("."):
     value = value[part]
+  return value
+
+
+def _choice(config, key, allowed):
+  value = _value(config, key)
   if value not in allowed:
     raise ConfigError(f"config.{key}={value!r} is not one of {list(allowed)}")
 
 
 def _positive(config, key):
-  value = config
-  for part in key.split("."):
-    value = value[part]
+  value = _value(config, key)
   if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
     raise ConfigError(f"config.{key}={value!r} must be a positive number")
 
@@ -173,10 +177,9 @@ def is_split_name(name) -> bool:
   return isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_]+", name) is not None
 
 
-def _integer_at_least(config, key, minimum):
-  value = config
-  for part in key.split("."):
-    value = value[part]
+def check_integer_at_least(config, key: str, minimum: int) -> None:
+  """ConfigError naming `key` unless its value is an integer >= minimum."""
+  value = _value(config, key)
   if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
     raise ConfigError(f"config.{key}={value!r} must be an integer >= {minimum}")
 
@@ -191,10 +194,7 @@ def validate_config(config, num_devices: int | None = None) -> None:
   _choice(config, "dataset.host_sharding", ("files", "batch"))
   _choice(config, "model.batch_norm", ("frozen", "batch"))
   _choice(config, "lr_schedule", ("step", "warmup_cosine"))
-  if (not isinstance(config.lr_warmup_steps, int) or isinstance(config.lr_warmup_steps, bool)
-      or config.lr_warmup_steps < 0):
-    raise ConfigError(f"config.lr_warmup_steps={config.lr_warmup_steps!r} must be an integer "
-                     ">= 0")
+  check_integer_at_least(config, "lr_warmup_steps", 0)
   frozen = config.get("frozen_params", "")
   try:
     if not isinstance(frozen, str):
@@ -234,11 +234,11 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if config.num_train_steps == -1:
     _positive(config, "num_epochs")
   # Orbax would keep none (0: the run ends with no checkpoint) or refuse with a traceback (< 0).
-  _integer_at_least(config, "keep_checkpoints", 1)
+  check_integer_at_least(config, "keep_checkpoints", 1)
   # tf.data's own limits, checked here so that a mistake is named before the model is built.
   for key in ("dataset.num_parallel_calls", "dataset.shuffle_buffer", "dataset.cycle_length"):
-    _integer_at_least(config, key, 1)
-  _integer_at_least(config, "dataset.prefetch", 0)
+    check_integer_at_least(config, key, 1)
+  check_integer_at_least(config, "dataset.prefetch", 0)
   augment = config.dataset.augment
   for key in ("brightness", "contrast", "saturation", "blur_radius", "center_jittering"):
     value = augment[key]

@@ -36,10 +36,8 @@ def prepare(config, overrides: Dict[str, Any], mode: str = "train"):
   config.eval_batch_size = config.batch_size  # 'eval' runs the forward pass on batch_size clips.
   devices = measure.resolve_devices(config.num_devices)
   config_lib.validate_config(config, num_devices=len(devices))
-  for key, low in (("warmup_steps", 0), ("timed_steps", 1)):  # here, not after compiling
-    value = config[key]
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-      raise config_lib.ConfigError(f"config.{key}={value!r} must be an integer >= {low}")
+  config_lib.check_integer_at_least(config, "warmup_steps", 0)  # here, not after compiling
+  config_lib.check_integer_at_least(config, "timed_steps", 1)
   baseline.check(config, mode)
   return config
 
