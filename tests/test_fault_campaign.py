@@ -7,7 +7,8 @@ whole JSON lines of steps 1..6, each once, with the reference's values.
   `<step>.orbax-checkpoint-tmp` folder is left half written, and the rerun resumes from the
   checkpoint before it (the torn one is removed, not restored);
 - metrics_write: killed with half of train_metrics.jsonl's new content in its temporary file: the
-  file itself is the previous complete one.
+  file itself is the previous complete one (and a checkpoint whose async save was still in flight
+  is left as in async_save).
 The failpoints' parsing is checked here too (a misspelt point is an error, not a silent no-op).
 """
 
@@ -34,9 +35,16 @@ def test_a_kill_in_flight_and_mid_write_resume_to_the_uninterrupted_run(tmp_path
   # The kill landed while the save was in flight, and the rerun did not use that step.
   assert save.left == f"checkpoints/{save.step}.orbax-checkpoint-tmp", table
   assert save.resumed_from == save.step - EVERY, table
-  # The kill landed in the middle of the write: the half-written temporary is what is left.
-  assert write.left.startswith(".train_metrics.jsonl.") and write.left.endswith(".tmp"), table
-  assert write.resumed_from == (write.step - 1) // EVERY * EVERY, table
+  # The kill landed in the middle of the write: the half-written temporary is left. So may be
+  # the previous checkpoint, when its async save was still in flight (a busy machine: seen once,
+  # the step-2 save unfinished at step 4's write); the rerun then resumes from the one before.
+  left = write.left.split(", ")
+  assert [n for n in left if n.startswith(".train_metrics.jsonl.") and n.endswith(".tmp")], table
+  in_flight = {int(n[len("checkpoints/"):].split(".")[0]) for n in left
+               if n.startswith("checkpoints/")}
+  assert all(n.startswith(("checkpoints/", ".train_metrics.jsonl.")) for n in left), table
+  assert write.resumed_from == max(
+      [s for s in range(EVERY, write.step, EVERY) if s not in in_flight], default=0), table
   assert all(t.max_diff <= fault_campaign.TOLERANCE and t.metrics_ok for t in trials), table
 
 
