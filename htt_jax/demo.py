@@ -53,9 +53,9 @@ def _duration(seconds: float) -> str:
 
 
 def timing_line(started: float, phases, cpu: str) -> str:
-  """'demo: 7 min 8 s in all (data 4 s, ...) on AMD EPYC, AVX-512, 2 CPUs': the wall time
-  since `started` (time.perf_counter()) and each (name, seconds) phase, with the machine,
-  as docs/demo.md reports the demo's time."""
+  """'demo: 7 min 8 s in all (data 4 s, ...) on AMD EPYC (Zen 5, ...), AVX-512, 2 CPUs': the
+  wall time since `started` (time.perf_counter()) and each (name, seconds) phase, with the
+  machine, as docs/demo.md reports the demo's time."""
   parts = ", ".join(f"{name} {_duration(seconds)}" for name, seconds in phases)
   return (f"demo: {_duration(time.perf_counter() - started)} in all ({parts}) on {cpu}; "
           "the target is 10 minutes on 2 CPUs (docs/demo.md)")

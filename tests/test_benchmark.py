@@ -85,20 +85,29 @@ def test_peak_table_and_device_names():
 
 def test_cpu_description_from_cpuinfo():
   """The widest vector extension tells the two kinds of 2-core machine apart (docs/demo.md)."""
-  avx512 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\n"
-            "flags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n\nprocessor\t: 1\n"
-            "model name\t: other\nflags\t\t: fpu\n")
-  assert hardware.describe_cpu(avx512) == {"model": "AMD EPYC 9B14", "isa": "AVX-512"}
-  avx2 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse4_2 avx avx2 fma\n"
-  assert hardware.describe_cpu(avx2) == {"model": "AMD EPYC 7B13", "isa": "AVX2"}
+  avx512 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+            "model name\t: AMD EPYC 9B14\nflags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n\n"
+            "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+  assert hardware.describe_cpu(avx512) == {"model": "AMD EPYC 9B14", "isa": "AVX-512",
+                                           "generation": "Zen 4, family 25 model 17"}
+  # Zen 3 (Milan, 0x01) and Zen 5 (Turin, family 0x1A) under the same bare cloud name.
+  avx2 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+          "flags\t\t: fpu sse4_2 avx avx2 fma\n")
+  assert hardware.describe_cpu(avx2) == {"model": "AMD EPYC", "isa": "AVX2",
+                                         "generation": "Zen 3, family 25 model 1"}
+  zen5 = avx2.replace("family\t: 25", "family\t: 26").replace("model\t\t: 1", "model\t\t: 2")
+  assert hardware.describe_cpu(zen5)["generation"] == "Zen 5, family 26 model 2"
+  intel = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Xeon\n"
+  assert hardware.describe_cpu(intel)["generation"] == "family 6 model 143"  # numbers only
   arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
-  assert hardware.describe_cpu(arm) == {"model": None, "isa": None}
-  assert hardware.describe_cpu("") == {"model": None, "isa": None}
+  assert hardware.describe_cpu(arm) == {"model": None, "isa": None, "generation": None}
+  assert hardware.describe_cpu("") == {"model": None, "isa": None, "generation": None}
   summary = hardware.cpu_summary()  # this machine's: model, isa, and the CPUs it may use
   assert summary.endswith(f"{hardware.available_cpus()} CPU" +
                           ("s" if hardware.available_cpus() != 1 else ""))
   cpu = hardware.host_cpu()
   assert (cpu["model"] or "unknown CPU") in summary and (cpu["isa"] or "") in summary
+  assert (cpu["generation"] or "") in summary
 
 
 def test_sweep_is_a_typed_cartesian_product():

@@ -92,9 +92,20 @@ def git_commit(path: Optional[str] = None) -> Optional[str]:
 _ISA_FLAGS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"))
 
 
+# AMD's x86 families and model ranges by core generation (AMD's processor programming references):
+# "AMD EPYC" alone, as these cloud machines name their CPU, does not tell Zen 3 from Zen 4 or 5,
+# and the demo's and the suite's times differ between them (docs/benchmarks.md).
+_AMD_GENERATIONS = ((23, range(0x00, 0x30), "Zen/Zen+"), (23, range(0x30, 0x100), "Zen 2"),
+                    (25, range(0x00, 0x10), "Zen 3"), (25, range(0x10, 0x20), "Zen 4"),
+                    (25, range(0x20, 0x60), "Zen 3"), (25, range(0x60, 0x80), "Zen 4"),
+                    (25, range(0xA0, 0xB0), "Zen 4"), (26, range(0x00, 0x100), "Zen 5"))
+
+
 def describe_cpu(cpuinfo: str) -> Dict[str, Optional[str]]:
-  """{'model': the first 'model name', 'isa': the widest of _ISA_FLAGS in the first 'flags'} of a
-  /proc/cpuinfo text (None for what it does not say; ARM's 'Features' give no x86 isa)."""
+  """{'model': the first 'model name', 'isa': the widest of _ISA_FLAGS in the first 'flags',
+  'generation': e.g. 'Zen 3, family 25 model 1' (the core generation where this table knows the
+  vendor's family and model, else just the numbers)} of a /proc/cpuinfo text (None for what it
+  does not say; ARM's 'Features' give no x86 isa)."""
   fields = {}
   for line in cpuinfo.splitlines():
     key, sep, value = line.partition(":")
@@ -102,7 +113,15 @@ def describe_cpu(cpuinfo: str) -> Dict[str, Optional[str]]:
       fields[key.strip()] = value.strip()
   flags = set(fields.get("flags", "").split())
   isa = next((name for flag, name in _ISA_FLAGS if flag in flags), None)
-  return {"model": fields.get("model name") or None, "isa": isa}
+  generation = None
+  family, model = fields.get("cpu family", ""), fields.get("model", "")
+  if family.isdigit() and model.isdigit():
+    generation = f"family {family} model {model}"
+    if fields.get("vendor_id") == "AuthenticAMD":
+      name = next((name for f, models, name in _AMD_GENERATIONS
+                   if f == int(family) and int(model) in models), None)
+      generation = f"{name}, {generation}" if name else generation
+  return {"model": fields.get("model name") or None, "isa": isa, "generation": generation}
 
 
 def host_cpu() -> Dict[str, Optional[str]]:
@@ -112,13 +131,16 @@ def host_cpu() -> Dict[str, Optional[str]]:
     with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
       return describe_cpu(f.read())
   except OSError:
-    return {"model": platform.processor() or None, "isa": None}
+    return {"model": platform.processor() or None, "isa": None, "generation": None}
 
 
 def cpu_summary() -> str:
-  """'AMD EPYC, AVX-512, 2 CPUs': what a timing on this machine should be reported with."""
+  """'AMD EPYC (Zen 5, family 26 model 2), AVX-512, 2 CPUs': what a timing on this machine should
+  be reported with."""
   cpu = host_cpu()
-  parts = [cpu["model"] or "unknown CPU"] + ([cpu["isa"]] if cpu["isa"] else [])
+  model = cpu["model"] or "unknown CPU"
+  parts = [f"{model} ({cpu['generation']})" if cpu["generation"] else model]
+  parts += [cpu["isa"]] if cpu["isa"] else []
   count = available_cpus()
   return ", ".join(parts + [f"{count} CPU{'s' if count != 1 else ''}"])
 
