@@ -2,14 +2,53 @@
 train HTT (which evaluates on the held-out synthetic subjects at the end), print the metrics
 table once."""
 
+import dataclasses
+import json
 import os
 import time
 from typing import Optional
 
 from absl import logging
 
-from htt_jax import config_lib, train
+from htt_jax import config_lib, storage, train
 from htt_jax.benchmark import hardware
+
+
+# Beside the manifests: the SyntheticConfig the data was rendered with. The demo reuses data it
+# finds, so data of other settings (another `config.demo_data`, an earlier default) must be
+# refused, not trained and evaluated on as if it were the settings asked for.
+DATA_RECORD = "demo_data.json"
+
+
+def _settings(source) -> dict:
+  """The SyntheticConfig's fields as JSON gives them back (tuples become lists)."""
+  return json.loads(json.dumps(dataclasses.asdict(source), sort_keys=True))
+
+
+def _check_rendered_with(data_dir: str, wanted: dict, splits) -> bool:
+  """True when data_dir already holds data rendered with `wanted`; False when it holds none; a
+  ConfigError (naming each differing config.demo_data field) for anything else."""
+  from data_pipeline import schema  # pylint: disable=g-import-not-at-top
+  record = os.path.join(data_dir, DATA_RECORD)
+  advice = f"remove {data_dir} to render it again, or use another --workdir"
+  if storage.exists(record):
+    try:
+      found = json.loads(storage.read_text(record))
+    except ValueError as e:
+      raise config_lib.ConfigError(f"{record} is not JSON ({e}); {advice}") from e
+    # image_size is the SyntheticConfig's field that config.dataset sets; the rest are demo_data's.
+    key = lambda k: "config.dataset.image_size" if k == "image_size" else f"config.demo_data.{k}"
+    differ = [f"{key(k)}={wanted.get(k)!r} now, {found.get(k)!r} there"
+              for k in sorted(set(found) | set(wanted)) if found.get(k) != wanted.get(k)]
+    if differ:
+      raise config_lib.ConfigError(f"{data_dir} holds synthetic data rendered with other "
+                                   f"settings: {'; '.join(differ)}; {advice}")
+    return True
+  if any(storage.exists(schema.manifest_path(data_dir, split)) for split in splits):
+    raise config_lib.ConfigError(
+        f"{data_dir} holds synthetic data but no {DATA_RECORD} (rendered before 2026-12-06, "
+        f"when the demo's videos became 24-32 frames long), so its settings are unknown; {advice}")
+  return False
 
 
 def prepare_data(config) -> None:
@@ -17,15 +56,18 @@ def prepare_data(config) -> None:
 
   `config.demo_data` (configs/synthetic.py) holds the data_pipeline.synthetic.SyntheticConfig
   fields (seed, videos and subjects per split, ...); the image size, T and t come from the rest of
-  the config.
+  the config. Data found in the folder is used only if DATA_RECORD says it was rendered with the
+  same fields.
   """
   from data_pipeline import schema, synthetic, writer  # pylint: disable=g-import-not-at-top
   data_dir = config.dataset.data_dir
   fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
   source = synthetic.SyntheticConfig(image_size=tuple(config.dataset.image_size), **fields)
+  if not _check_rendered_with(data_dir, _settings(source), synthetic.SPLITS):
+    storage.write_json(os.path.join(data_dir, DATA_RECORD), _settings(source))  # before any split
   vocabulary = synthetic.load_vocabulary(source)
   for split in synthetic.SPLITS:
-    if os.path.exists(schema.manifest_path(data_dir, split)):
+    if storage.exists(schema.manifest_path(data_dir, split)):
       continue
     writer.prepare_split(synthetic.iter_videos(source, split), data_dir, split,
                          num_frames=config.model.num_frames, window=config.model.window,

@@ -57,3 +57,49 @@ def test_timing_line_formats_minutes_and_names_the_machine():
   assert line == ("demo: 10 min 5 s in all (data 4 s, training and evaluation 9 min 51 s, "
                   "held-out video 1 min 0 s) on AMD EPYC, AVX2, 2 CPUs; the target is 10 minutes "
                   "on 2 CPUs (docs/demo.md)")
+
+
+def _tiny_data_config(data_dir):
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  config = load_config("synthetic")
+  config.dataset.data_dir = str(data_dir)
+  config.model.num_frames, config.model.window = 8, 4
+  config.demo_data.num_videos = dict(train=2, val=1, test=1)
+  config.demo_data.num_subjects = dict(train=1, val=1, test=1)
+  return config
+
+
+def _files(folder):
+  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_data_of_other_settings_is_refused_not_reused(tmp_path):
+  """The demo reuses the data it finds in its workdir only if it was rendered with the same
+  config.demo_data; otherwise one error naming each differing field, and no file changes."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  from htt_jax import config_lib  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "data"
+  config = _tiny_data_config(data_dir)
+  demo.prepare_data(config)
+  before = _files(data_dir)
+  assert demo.DATA_RECORD in before and "test.manifest.json" in before
+  assert json.loads(before[demo.DATA_RECORD])["frames"] == list(config.demo_data.frames)
+  demo.prepare_data(config)  # the same settings: reused as it is
+  assert _files(data_dir) == before
+
+  config.demo_data.frames = (24, 48)
+  config.demo_data.seed = 7
+  with pytest.raises(config_lib.ConfigError) as error:
+    demo.prepare_data(config)
+  message = str(error.value)
+  assert str(data_dir) in message and "remove" in message
+  assert "config.demo_data.frames=[24, 48] now, [24, 32] there" in message
+  assert "config.demo_data.seed=7 now, 0 there" in message
+  assert _files(data_dir) == before
+
+  # Data from before the record existed: its settings are unknown, so it is refused too.
+  (data_dir / demo.DATA_RECORD).unlink()
+  before = _files(data_dir)
+  with pytest.raises(config_lib.ConfigError, match=f"no {demo.DATA_RECORD}"):
+    demo.prepare_data(_tiny_data_config(data_dir))
+  assert _files(data_dir) == before
