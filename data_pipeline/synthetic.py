@@ -113,6 +113,13 @@ class SyntheticConfig:
     return int(self.num_videos)
 
 
+def from_fields(fields, **overrides) -> SyntheticConfig:
+  """A SyntheticConfig from a mapping of its fields, e.g. a config's `demo_data` (an ml_collections
+  ConfigDict: its nested dicts such as num_videos become plain ones), with `overrides` on top."""
+  plain = {k: dict(v) if hasattr(v, "keys") else v for k, v in fields.items()}
+  return SyntheticConfig(**{**plain, **overrides})
+
+
 def load_vocabulary(config: SyntheticConfig) -> Dict[str, list]:
   actions = [f"{verb} {obj}" for verb in config.verbs for obj in config.objects]
   return {"actions": actions, "objects": list(config.objects)}

@@ -61,8 +61,7 @@ def prepare_data(config) -> None:
   """
   from data_pipeline import schema, synthetic, writer  # pylint: disable=g-import-not-at-top
   data_dir = config.dataset.data_dir
-  fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
-  source = synthetic.SyntheticConfig(image_size=tuple(config.dataset.image_size), **fields)
+  source = synthetic.from_fields(config.demo_data, image_size=tuple(config.dataset.image_size))
   if not _check_rendered_with(data_dir, _settings(source), synthetic.SPLITS):
     storage.write_json(os.path.join(data_dir, DATA_RECORD), _settings(source))  # before any split
   vocabulary = synthetic.load_vocabulary(source)

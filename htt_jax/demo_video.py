@@ -20,8 +20,7 @@ def render_held_out_video(config, workdir: str, index: int = 0) -> dict:
   from htt_jax import storage, video_io, video_predict  # pylint: disable=g-import-not-at-top
   height, width = config.dataset.image_size
   size = (height * SCALE, width * SCALE)
-  fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
-  source = synthetic.SyntheticConfig(image_size=size, **fields)
+  source = synthetic.from_fields(config.demo_data, image_size=size)
   videos = synthetic.iter_videos(source, "test")
   for _ in range(index):
     next(videos)

@@ -38,9 +38,8 @@ def vocabulary(config, metadata: dict) -> dict:
         break
   if "demo_data" in config:
     from data_pipeline import synthetic  # pylint: disable=g-import-not-at-top
-    fields = {k: dict(v) if hasattr(v, "keys") else v for k, v in config.demo_data.items()}
     with contextlib.suppress(TypeError, ValueError):
-      candidates.append(synthetic.load_vocabulary(synthetic.SyntheticConfig(**fields)))
+      candidates.append(synthetic.load_vocabulary(synthetic.from_fields(config.demo_data)))
   for names in candidates:
     if names and all(len(names.get(k) or []) == n for k, n in counts.items()):
       return {k: list(names[k]) for k in counts}
