@@ -62,8 +62,9 @@ def prepare_data(config) -> None:
   from data_pipeline import schema, synthetic, writer  # pylint: disable=g-import-not-at-top
   data_dir = config.dataset.data_dir
   source = synthetic.from_fields(config.demo_data, image_size=tuple(config.dataset.image_size))
-  if not _check_rendered_with(data_dir, _settings(source), synthetic.SPLITS):
-    storage.write_json(os.path.join(data_dir, DATA_RECORD), _settings(source))  # before any split
+  wanted = _settings(source)
+  if not _check_rendered_with(data_dir, wanted, synthetic.SPLITS):
+    storage.write_json(os.path.join(data_dir, DATA_RECORD), wanted)  # before any split
   vocabulary = synthetic.load_vocabulary(source)
   for split in synthetic.SPLITS:
     if storage.exists(schema.manifest_path(data_dir, split)):
