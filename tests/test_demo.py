@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
-from htt_jax import demo
+import pytest
+
+from conftest import ROOT, load_config
+from htt_jax import config_lib, demo
 from htt_jax.benchmark import hardware
 
 # 2 steps of a narrow model on 8 short videos: the demo's path, not its accuracy.
@@ -60,7 +62,6 @@ def test_timing_line_formats_minutes_and_names_the_machine():
 
 
 def _tiny_data_config(data_dir):
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
   config = load_config("synthetic")
   config.dataset.data_dir = str(data_dir)
   config.model.num_frames, config.model.window = 8, 4
@@ -76,8 +77,6 @@ def _files(folder):
 def test_data_of_other_settings_is_refused_not_reused(tmp_path):
   """The demo reuses the data it finds in its workdir only if it was rendered with the same
   config.demo_data; otherwise one error naming each differing field, and no file changes."""
-  import pytest  # pylint: disable=g-import-not-at-top
-  from htt_jax import config_lib  # pylint: disable=g-import-not-at-top
   data_dir = tmp_path / "data"
   config = _tiny_data_config(data_dir)
   demo.prepare_data(config)
