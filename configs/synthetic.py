@@ -66,7 +66,7 @@ def get_config(arg=None):
   config.init.calibrate_pose_head = True
   config.loss.lambda_hand_z = 500.0
   # 500 steps: with whole actions in a clip (the 24-32-frame videos) they reach the targets with
-  # a margin (every seed of 0-5 on test); 600 cost a sixth more time for about 1.5 mm of MEPE, and
+  # a margin (every seed of 0-5 on test); 600 cost a sixth more time for about 1.2 mm of MEPE, and
   # the slower 2-core kind needs the time (docs/demo.md, "Fewer steps").
   config.num_train_steps = 500
   # The stem and layer1 train for the first half, then keep their values (the learning rate is down
