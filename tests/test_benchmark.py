@@ -110,6 +110,23 @@ def test_cpu_description_from_cpuinfo():
   assert (cpu["generation"] or "") in summary
 
 
+def test_cpu_summary_says_when_xla_code_is_held_to_a_narrower_isa(monkeypatch):
+  """A timing with XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 CPU is not the CPU's own."""
+  assert hardware.xla_isa_limit("") is None
+  assert hardware.xla_isa_limit("--xla_cpu_max_isa=") is None
+  assert hardware.xla_isa_limit("--xla_force_host_platform_device_count=2 "
+                                "--xla_cpu_max_isa=AVX2") == "AVX2"
+  assert hardware.xla_isa_limit("--xla_cpu_max_isa=AVX --xla_cpu_max_isa=SSE4_2") == "SSE4_2"
+  monkeypatch.setattr(hardware, "host_cpu", lambda: {"model": "AMD EPYC", "isa": "AVX-512",
+                                                     "generation": "Zen 5, family 26 model 2"})
+  monkeypatch.setattr(hardware, "available_cpus", lambda: 2)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
+  assert hardware.cpu_summary() == \
+      "AMD EPYC (Zen 5, family 26 model 2), AVX-512 (XLA code held to AVX2), 2 CPUs"
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=reduce")
+  assert hardware.cpu_summary() == "AMD EPYC (Zen 5, family 26 model 2), AVX-512, 2 CPUs"
+
+
 def test_sweep_is_a_typed_cartesian_product():
   config = tiny_config()
   config.lock()

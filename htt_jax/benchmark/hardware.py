@@ -134,13 +134,28 @@ def host_cpu() -> Dict[str, Optional[str]]:
     return {"model": platform.processor() or None, "isa": None, "generation": None}
 
 
+def xla_isa_limit(xla_flags: str) -> Optional[str]:
+  """The value of the last `--xla_cpu_max_isa=` in an XLA_FLAGS string (e.g. 'AVX2'), else None.
+
+  XLA:CPU then generates code for that ISA at most, whatever the CPU has: a timing made so is not
+  the CPU's own (docs/demo.md times the demo with AVX-512 code held to AVX2)."""
+  values = [flag.partition("=")[2] for flag in xla_flags.split()
+            if flag.startswith("--xla_cpu_max_isa=")]
+  return (values[-1] or None) if values else None
+
+
 def cpu_summary() -> str:
   """'AMD EPYC (Zen 5, family 26 model 2), AVX-512, 2 CPUs': what a timing on this machine should
-  be reported with."""
+  be reported with; 'AVX-512 (XLA code held to AVX2)' where XLA_FLAGS limits XLA's ISA."""
   cpu = host_cpu()
   model = cpu["model"] or "unknown CPU"
   parts = [f"{model} ({cpu['generation']})" if cpu["generation"] else model]
-  parts += [cpu["isa"]] if cpu["isa"] else []
+  isa = cpu["isa"] or "unknown ISA"
+  limit = xla_isa_limit(os.environ.get("XLA_FLAGS", ""))
+  if limit:
+    parts.append(f"{isa} (XLA code held to {limit})")
+  elif cpu["isa"]:
+    parts.append(isa)
   count = available_cpus()
   return ", ".join(parts + [f"{count} CPU{'s' if count != 1 else ''}"])
 
