@@ -3,7 +3,8 @@
 Reads the files the reference reads (reference.md §3.1), under `raw_dir`:
   data_split_action_recognition.txt    line 1 = training header, then `Subject_k/action/seq label`
                                        lines; a line starting with 'Test' starts the test list.
-  action_object_info.txt               header, then `action_id action_name object_name ...`.
+  action_object_info.txt               header, then `action_id action_name object_name ...`;
+                                       actions and objects are numbered in file order.
   Subjects_info/Subject_k_info.txt     3 header lines, then `action_name seq_idx num_frames`.
   Hand_pose_annotation_v1/Subject_k/<action>/<seq>/skeleton.txt
                                        one row per frame: frame index + 21 x (x, y, z) world mm.
@@ -20,6 +21,7 @@ import functools
 import os
 from typing import Dict, Iterator, List, Tuple
 
+from absl import logging
 import numpy as np
 
 from data_pipeline import image_io
@@ -56,7 +58,7 @@ def _action_table(raw_dir: str):
   (reference.md §3.1, §6.14)."""
   path = os.path.join(raw_dir, ACTION_FILE)
   lines = _read_lines(path, "action/object table")
-  by_id, objects, object_index = {}, [], {}
+  actions, objects, object_index, table = [], [], {}, {}
   for n, line in enumerate(lines[1:], start=2):  # line 1 is the header
     fields = line.split()
     if not fields:
@@ -66,23 +68,27 @@ def _action_table(raw_dir: str):
       raise ValueError(f"{path}:{n}: expected 'action_id action_name object_name object_pose "
                        f"scenario', got {line!r}")
     action_id, action, obj = int(fields[0]), fields[1], fields[2]
-    if action_id in by_id or any(action == a for a, _ in by_id.values()):
-      raise ValueError(f"{path}:{n}: action id {action_id} or name {action!r} appears twice")
+    if action in table:
+      raise ValueError(f"{path}:{n}: action {action!r} appears twice")
+    # Action index = the row's rank in the file: the reference parses the id column, then
+    # renumbers its actions in file order (reference.md §3.1). The two agree on FPHA's own file
+    # (ids 1..45 in order); where they do not, the reference's numbering is kept, with a warning.
+    if action_id != len(actions) + 1:
+      logging.warning("%s:%d: action id %d is not the row's rank %d; the action index follows "
+                      "the rows, as the reference's does (%s -> %d)", path, n, action_id,
+                      len(actions) + 1, action, len(actions))
     # Object index = order of first appearance reading top-down: the released checkpoints'
     # object head was trained with exactly this numbering (reference.md §6.14).
     if obj not in object_index:
       object_index[obj] = len(objects)
       objects.append(obj)
-    by_id[action_id] = (action, obj)
-  if sorted(by_id) != list(range(1, len(by_id) + 1)):
-    raise ValueError(f"{path}: action ids must be 1..n (index = id - 1), got {sorted(by_id)}")
-  actions = [by_id[i][0] for i in range(1, len(by_id) + 1)]
-  table = {action: (i - 1, object_index[obj]) for i, (action, obj) in by_id.items()}
+    table[action] = (len(actions), object_index[obj])
+    actions.append(action)
   return actions, objects, table
 
 
 def load_vocabulary(raw_dir: str) -> Dict[str, List[str]]:
-  """{'actions': names by index (action_id - 1), 'objects': names by first appearance}."""
+  """{'actions': names by index (file order), 'objects': names by first appearance}."""
   actions, objects, _ = _action_table(raw_dir)
   return {"actions": actions, "objects": objects}
 

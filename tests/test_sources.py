@@ -50,6 +50,25 @@ def test_fpha_vocabulary(fpha_root):
   assert vocab["objects"] == ["juice_bottle", "charger", "glasses", "coin"]  # first appearance
 
 
+def test_fpha_actions_are_numbered_by_row_as_in_the_reference(tmp_path, caplog):
+  """reference.md §3.1: the reference parses the id column, then renumbers the actions in file
+  order; a table whose ids are not 1..n in order keeps the rows' numbering, with a warning."""
+  root = rl.write_fpha(tmp_path)
+  table = root / "action_object_info.txt"
+  header, *rows = table.read_text().splitlines()  # ids 1..5 in order
+  table.write_text("\n".join([header, rows[1], rows[0], *rows[2:]]) + "\n")  # ids 2, 1, 3, 4, 5
+  with caplog.at_level("WARNING"):
+    vocab = fpha.load_vocabulary(root)
+  assert vocab["actions"] == ["charge_cell_phone", "open_juice_bottle", "close_juice_bottle",
+                              "clean_glasses", "give_coin"]
+  assert vocab["objects"] == ["charger", "juice_bottle", "glasses", "coin"]
+  assert "action id 2 is not the row's rank 1" in caplog.text
+  videos = {v.video_id: v for v in fpha.iter_videos(root, "train")}
+  assert videos["Subject_1/charge_cell_phone/1"].action == 0
+  assert videos["Subject_2/open_juice_bottle/2"].action == 1
+  assert set(videos["Subject_2/open_juice_bottle/2"].object.tolist()) == {1}
+
+
 def test_fpha_train_annotations(fpha_root):
   videos = list(fpha.iter_videos(fpha_root, "train"))
   assert [v.video_id for v in videos] == ["Subject_1/charge_cell_phone/1",
