@@ -203,10 +203,23 @@ def cut_clip(record, offset, num_frames: int):
   }
 
 
+def decode_frame(encoded):
+  """One JPEG or PNG -> (H, W, 3) uint8, the pixels Pillow decodes from the same bytes.
+
+  The reference reads its frames with PIL (reference.md §1.1, §3.3). TensorFlow's JPEG decoder
+  defaults to libjpeg's fast integer IDCT, which differs from Pillow's (the accurate one) in most
+  pixels, by up to 16 levels on a textured frame; with INTEGER_ACCURATE the two agree bit for bit
+  (tests/test_writer.py), for about 3% more decoding time."""
+  return tf.cond(tf.io.is_jpeg(encoded),
+                 lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+                 lambda: tf.io.decode_png(encoded, channels=3))
+
+
 def decode_images(encoded, height: int, width: int):
-  """(T,) JPEG/PNG bytes -> (T, H, W, 3) uint8; the shape is checked against the manifest's."""
-  images = tf.map_fn(lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
-                     encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+  """(T,) JPEG/PNG bytes -> (T, H, W, 3) uint8 (decode_frame); the shape is checked against the
+  manifest's."""
+  images = tf.map_fn(decode_frame, encoded,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
   return tf.ensure_shape(images, [None, height, width, 3])
 
 
