@@ -296,17 +296,30 @@ def load_manifest(data_dir: str, split: str) -> Dict[str, Any]:
   if not storage.exists(path):
     raise FileNotFoundError(f"no manifest: prepare_data.py did not finish for split {split!r} "
                             f"(expected {path})")
-  manifest = json.loads(storage.read_text(path))
+  manifest = read_json(path)
   if manifest.get("format_version") != SCHEMA_VERSION:
-    raise ValueError(f"{path}: format_version {manifest.get('format_version')} but this code "
-                     f"reads version {SCHEMA_VERSION}; prepare the data again")
+    raise DataError(f"{path}: format_version {manifest.get('format_version')} but this code "
+                    f"reads version {SCHEMA_VERSION}; prepare the data again")
   return manifest
+
+
+def read_json(path: str) -> Dict[str, Any]:
+  """A manifest or writer's plan as a dict; DataError naming the file when it does not parse (a
+  torn or hand-edited file) or is not a JSON object."""
+  try:
+    value = json.loads(storage.read_text(path))
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(f"{path} is damaged ({e}): prepare the split again") from None
+  if not isinstance(value, dict):
+    raise DataError(f"{path} holds a JSON {type(value).__name__}, expected an object: prepare "
+                    "the split again")
+  return value
 
 
 def check_record_config(path: str, config: Mapping[str, Any]) -> None:
   """Raises ValueError naming the key if the manifest (or writer's plan) at `path` was written with
   other CONFIG_KEYS than `config`: one folder must not mix two record formats."""
-  other = json.loads(storage.read_text(path))
+  other = read_json(path)
   for key in CONFIG_KEYS:
     if other.get(key) != config[key]:
       raise ValueError(f"{path} was written with {key}={other.get(key)!r} but this run has "

@@ -30,7 +30,6 @@ system, one per process, used by the tests) shards are written in this process.
 import concurrent.futures
 import dataclasses
 import io
-import json
 import logging
 import multiprocessing
 import os
@@ -191,7 +190,9 @@ def _check_existing(output_dir: str, split: str, config: Mapping,
     plan = [ids[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
   elif storage.exists(os.path.join(output_dir, split + PLAN_SUFFIX)):
     path = os.path.join(output_dir, split + PLAN_SUFFIX)
-    plan = json.loads(storage.read_text(path))["shards"]
+    plan = schema.read_json(path).get("shards")
+    if not isinstance(plan, list):
+      raise schema.DataError(f"{path} has no 'shards' list: delete it to convert the split again")
   if plan is not None and [v for shard in plan for v in shard] != video_ids:
     raise ValueError(f"{path} lists other videos than this run's source yields (the raw data "
                      f"changed?): use another output_dir, or delete the split's files")
@@ -245,9 +246,11 @@ def _run_shards(tasks: List[Tuple[int, str, list]], opts: RecordOptions, num_wor
                       e, len(tasks))
       workers = 1
   if workers <= 1:
-    for index, path, videos in tasks:
-      results[index] = _write_shard(path, videos, opts, bar.update)
-    bar.close()
+    try:
+      for index, path, videos in tasks:
+        results[index] = _write_shard(path, videos, opts, bar.update)
+    finally:  # closed before an error is printed, so the error starts its own line
+      bar.close()
     return results
   context = multiprocessing.get_context("spawn")
   progress_queue = context.Queue()

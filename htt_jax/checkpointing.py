@@ -49,22 +49,37 @@ def restore_variables(directory: str, step: Optional[int] = None,
   """(variables, metadata) of `step` (default: the latest) in a checkpoint directory; given the
   `config` they will run with, also `check_variables` (evaluation and prediction pass it)."""
   if not storage.isdir(directory):
+    if storage.exists(directory):
+      raise NotADirectoryError(f"checkpoint directory {directory!r} is a file, not a folder")
     raise FileNotFoundError(f"checkpoint directory {directory!r} does not exist")
   import jax  # pylint: disable=g-import-not-at-top
   manager = _manager(directory, create=False, read_only=True)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no finished checkpoint in {directory!r} (expected Orbax step "
-                            "folders such as 0/ or 1000/)")
-  # Arrays come back with the sharding they were saved with (e.g. replicated over 4 devices of 2
-  # hosts); where those devices do not exist, as when evaluating a pod's run on one machine, they
-  # are loaded onto this process's first device instead.
-  fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      VARIABLES: ocp.args.StandardRestore(fallback_sharding=fallback),
-      METADATA: ocp.args.JsonRestore(),
-  }))
-  manager.close()
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no finished checkpoint in {directory!r} (expected Orbax step "
+                              "folders such as 0/ or 1000/)")
+    if step not in manager.all_steps():
+      raise FileNotFoundError(f"no finished checkpoint step {step} in {directory!r} (it has "
+                              f"{sorted(manager.all_steps())})")
+    # Arrays come back with the sharding they were saved with (e.g. replicated over 4 devices of
+    # 2 hosts); where those devices do not exist, as when evaluating a pod's run on one machine,
+    # they are loaded onto this process's first device instead.
+    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(**{
+          VARIABLES: ocp.args.StandardRestore(fallback_sharding=fallback),
+          METADATA: ocp.args.JsonRestore(),
+      }))
+    except Exception as e:  # pylint: disable=broad-except  (any failure: the files, named)
+      # A finished step that does not read (a torn or truncated file, an item missing) is the
+      # user's files, not a bug: one line naming the step and Orbax's first line of reason.
+      raise config_lib.ConfigError(
+          f"checkpoint step {step} in {directory} cannot be restored ({_reason(e)}); repair "
+          "or replace its files, or pick another step") from e
+  finally:
+    # Unclosed, the manager's threads and event loop print pages of tracebacks at exit.
+    manager.close()
   variables, metadata = restored[VARIABLES], dict(restored[METADATA] or {})
   if config is not None:
     check_variables(variables, config, directory, metadata)

@@ -63,6 +63,9 @@ def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input
               "joints3d": (n, joints, 3), "object": (n,), "action": (n,)}
   for key, shape in expected.items():
     if key in out:
+      if out[key].dtype.kind not in "biuf":  # strings, objects, dates: no number to compute with
+        raise config_lib.ConfigError(
+            f"{source}: '{key}' has dtype {out[key].dtype}, expected numbers")
       if out[key].shape != shape:
         raise config_lib.ConfigError(
             f"{source}: '{key}' has shape {out[key].shape}, expected {shape}")

@@ -33,10 +33,18 @@ def main(argv):
   config_lib.validate_config(config)
   cpu_flags.configure([config])  # before JAX starts
   try:
-    with np.load(io.BytesIO(storage.read_bytes(FLAGS.clips)), allow_pickle=False) as data:
-      clips = {key: data[key] for key in data.files}
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
+    loaded = np.load(io.BytesIO(storage.read_bytes(FLAGS.clips)), allow_pickle=False)
+    clips = None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+      with loaded as data:
+        clips = {key: data[key] for key in data.files}
+  # EOFError: an empty file (numpy reads no magic bytes).
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     raise config_lib.ConfigError(f"cannot read --clips={FLAGS.clips}: {e}") from e
+  if clips is None:  # np.save's .npy: one unnamed array
+    raise config_lib.ConfigError(
+        f"--clips={FLAGS.clips} holds one array of shape {np.shape(loaded)}, not an .npz of "
+        "named arrays (images, intrinsics, not_padding, ...): save them with np.savez")
   # An output path that is a folder, or a folder or bucket the output cannot go to, stops the run
   # before anything is restored or compiled (a missing local folder is made when writing).
   if storage.isdir(FLAGS.output):

@@ -4,6 +4,7 @@ Each script run here fails before anything is compiled (most before JAX starts),
 cheap.
 """
 
+import os
 import subprocess
 import sys
 
@@ -49,6 +50,23 @@ def test_train_reports_a_data_dir_without_a_manifest(tmp_path):
   _assert_one_error_line(run, "train.manifest.json", "config.dataset.data_dir")
 
 
+def test_a_damaged_manifest_is_one_line_naming_it(tmp_path):
+  from data_pipeline import schema  # pylint: disable=g-import-not-at-top
+  data = tmp_path / "data"
+  data.mkdir()
+  manifest = data / "train.manifest.json"
+  for text, message in (("", "is damaged"), ("[1, 2]", "holds a JSON list, expected an object"),
+                        ('{"format_version": 2}', "format_version 2 but this code reads version 1")):
+    manifest.write_text(text)
+    with pytest.raises(schema.DataError, match=message):
+      schema.load_manifest(str(data), "train")
+  manifest.write_text('{"format_version": 1, "shards": [')  # torn
+  run = _script("train", "--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
+                f"--config.dataset.data_dir={data}")
+  _assert_one_error_line(run, str(manifest), "is damaged", "prepare the split again")
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_evaluate_reports_a_missing_checkpoint(tmp_path):
   run = _script("evaluate", "--config=configs/smoke.py", f"--workdir={tmp_path / 'run'}",
                 f"--config.dataset.data_dir={tmp_path}")
@@ -64,6 +82,56 @@ def test_predict_reports_a_missing_or_wrong_clips_file(tmp_path):
   np.savez(wrong, images=np.zeros((32, 72, 128, 3), np.uint8))
   _assert_one_error_line(_script("predict", *common, f"--clips={wrong}"), str(wrong),
                          "'intrinsics'")
+  assert not (tmp_path / "out.npz").exists()
+
+
+def test_predict_reports_clips_files_numpy_cannot_read_as_an_npz(tmp_path):
+  common = ["--config=configs/smoke.py", f"--checkpoint_dir={tmp_path}",
+            f"--output={tmp_path / 'out.npz'}"]
+  empty = tmp_path / "empty.npz"
+  empty.write_bytes(b"")
+  _assert_one_error_line(_script("predict", *common, f"--clips={empty}"), str(empty))
+  single = tmp_path / "clips.npy"
+  np.save(single, np.zeros((32, 72, 128, 3), np.uint8))
+  _assert_one_error_line(_script("predict", *common, f"--clips={single}"), str(single),
+                         "(32, 72, 128, 3)", "np.savez")
+  text = tmp_path / "text.npz"
+  np.savez(text, images=np.zeros((32, 72, 128, 3), np.uint8), intrinsics=np.full((32, 3, 3), "a"),
+           not_padding=np.ones(32, np.float32))
+  _assert_one_error_line(_script("predict", *common, f"--clips={text}"), str(text),
+                         "'intrinsics' has dtype <U1")
+  assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_its_step(tmp_path):
+  """A truncated array file of a finished step: the step and the folder, not pages of Orbax's and
+  asyncio's tracebacks (a manager left open prints them at exit)."""
+  from htt_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / "checkpoints"
+  checkpointing.save_variables(str(directory), {"params": {"w": np.ones((64, 64), np.float32)}},
+                               step=3)
+  for root, _, files in os.walk(directory / "3" / "variables"):
+    for name in files:
+      with open(os.path.join(root, name), "r+b") as f:
+        f.truncate(min(10, f.seek(0, 2)))
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"checkpoint step 3 in {directory} cannot be restored"):
+    checkpointing.restore_variables(str(directory))
+  with pytest.raises(FileNotFoundError, match=r"no finished checkpoint step 7 .* \[3\]"):
+    checkpointing.restore_variables(str(directory), step=7)
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+    checkpointing.restore_variables(str(a_file))
+
+  clips = tmp_path / "clips.npz"
+  np.savez(clips, images=np.zeros((32, 72, 128, 3), np.uint8),
+           intrinsics=np.tile(np.eye(3, dtype=np.float32), (32, 1, 1)),
+           not_padding=np.ones(32, np.float32))
+  run = _script("predict", "--config=configs/smoke.py", f"--checkpoint_dir={directory}",
+                f"--clips={clips}", f"--output={tmp_path / 'out.npz'}")
+  _assert_one_error_line(run, "checkpoint step 3", str(directory))
+  assert "Event loop is closed" not in run.stderr, run.stderr[-3000:]
   assert not (tmp_path / "out.npz").exists()
 
 
