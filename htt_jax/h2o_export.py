@@ -39,6 +39,7 @@ import re
 import zipfile
 from typing import Dict, List, Optional, Sequence
 
+from absl import logging
 import numpy as np
 
 from htt_jax import config_lib, storage
@@ -51,9 +52,13 @@ NUM_ACTIONS = 36
 NUM_JOINTS = 42  # 0-20 left hand, 21-41 right hand.
 
 
-def check_config(config) -> None:
-  """ConfigError unless `config` is an H2O one (dataset h2o: 42 joints, 36 actions): what the
-  submissions need, checked before evaluation, which would otherwise run the whole split first."""
+def check_config(config, raw_dir: Optional[str] = None, split: str = "test") -> None:
+  """ConfigError unless `config` is an H2O one (dataset h2o: 42 joints, 36 actions), and, given
+  the raw folder, an error naming its split file unless that reads: what the submissions need,
+  checked before evaluation, which would otherwise run the whole split first."""
+  if raw_dir:
+    from data_pipeline import h2o  # pylint: disable=g-import-not-at-top
+    h2o.split_segments(raw_dir, split)
   got = {"config.dataset.name": config.dataset.name,
          "config.model.num_joints": config.model.num_joints,
          "config.model.num_actions": config.model.num_actions}
@@ -158,9 +163,8 @@ def export(predictions_path: str, output_dir: str, raw_dir: Optional[str] = None
   video_ids = [str(v) for v in predictions["video_id"]]
   written = {}
   labels = action_labels(video_ids, predictions["action_probs"], modality)
-  written[ACTION_ZIP] = _write_json_and_zip(output_dir, ACTION_FILE, ACTION_ZIP, labels)
-  written[ACTION_FILE] = os.path.join(output_dir, ACTION_FILE)
-  if raw_dir:
+  poses = None
+  if raw_dir:  # Everything is computed and checked before the first file is written.
     from data_pipeline import h2o  # pylint: disable=g-import-not-at-top
     segments = h2o.split_segments(raw_dir, split)
     unlabelled = [s.seg_id for s in segments if str(s.seg_id) not in labels]
@@ -174,6 +178,17 @@ def export(predictions_path: str, output_dir: str, raw_dir: Optional[str] = None
           f"{predictions_path} has no {missing}: evaluate again with this version")
     poses = hand_poses(video_ids, predictions["frame_idx"], predictions["not_padding"],
                        predictions["joints3d"], segments)
+  written[ACTION_ZIP] = _write_json_and_zip(output_dir, ACTION_FILE, ACTION_ZIP, labels)
+  written[ACTION_FILE] = os.path.join(output_dir, ACTION_FILE)
+  if poses is not None:
     written[HAND_POSE_ZIP] = _write_json_and_zip(output_dir, HAND_POSE_FILE, HAND_POSE_ZIP, poses)
     written[HAND_POSE_FILE] = os.path.join(output_dir, HAND_POSE_FILE)
+  else:
+    # An earlier export's hand poses would sit beside this one's actions as if they belonged
+    # together (another checkpoint, another evaluation): this export's folder is its own.
+    for name in (HAND_POSE_FILE, HAND_POSE_ZIP):
+      path = os.path.join(output_dir, name)
+      if storage.exists(path):
+        storage.remove(path)
+        logging.info("removed %s from an earlier export (no --h2o_raw_dir this time)", path)
   return written

@@ -46,7 +46,7 @@ def main(argv):
     raise config_lib.ConfigError(f"--split={FLAGS.split!r} must be a split name such as 'test' "
                                  "or 'val' (letters, digits, _)")
   if FLAGS.h2o_export:
-    h2o_export.check_config(FLAGS.config)
+    h2o_export.check_config(FLAGS.config, FLAGS.h2o_raw_dir, FLAGS.split)
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top
   cpu_flags.configure([FLAGS.config])  # before JAX starts
   import jax  # pylint: disable=g-import-not-at-top

@@ -95,12 +95,20 @@ def test_export_of_the_ground_truth_reproduces_the_annotation(h2o_data, tmp_path
     with zipfile.ZipFile(written[archive]) as z:
       assert z.namelist() == [name]  # At the archive's root, as CodaLab wants.
 
-  # A frame the predictions do not cover, or ids that are not H2O's, are errors.
+  # A frame the predictions do not cover, or ids that are not H2O's, are errors, and nothing is
+  # written then (not even the action submission, which could be).
   longer = rl.write_h2o(tmp_path / "raw_longer", {"test": SEGMENTS["test"][:2] + (
       (3, "subject4/k1/1", None, 3, 21, None),)}, images=False)
   with pytest.raises(ValueError,
                      match=r"segment 3 .* no prediction for 1 frame\(s\), first \[21\]"):
     h2o_export.export(str(tmp_path / "predictions.npz"), str(tmp_path / "h2o2"), str(longer))
+  assert not (tmp_path / "h2o2").exists()
+  # Exported again without the raw folder: the actions only, and no hand poses of the earlier
+  # export left beside them.
+  written = h2o_export.export(str(tmp_path / "predictions.npz"), str(tmp_path / "h2o"))
+  assert sorted(written) == [h2o_export.ACTION_FILE, h2o_export.ACTION_ZIP]
+  assert sorted(os.listdir(tmp_path / "h2o")) == sorted(
+      [h2o_export.ACTION_FILE, h2o_export.ACTION_ZIP])
   with pytest.raises(ValueError, match="not an H2O segment id"):
     h2o_export.action_labels(["Subject_1/charge_cell_phone/1"], _probs([[(0, 0.5)]]))
 
@@ -184,4 +192,16 @@ def test_export_needs_an_h2o_config_and_says_so_before_evaluating(tmp_path):
   assert run.returncode == 1, run.stderr[-3000:]
   assert run.stderr.strip().splitlines()[-1].startswith(
       "error: --h2o_export needs an H2O config"), run.stderr[-3000:]
+  assert not workdir.exists()
+  # So is a raw folder without the split's file, which the hand poses need.
+  missing = tmp_path / "no_raw" / "action_labels" / "action_val.txt"
+  with pytest.raises(FileNotFoundError, match=str(missing)):
+    h2o_export.check_config(load_config("h2o"), str(tmp_path / "no_raw"), "val")
+  run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"),
+                        "--config=configs/h2o.py", f"--workdir={workdir}", "--split=val",
+                        f"--config.dataset.data_dir={tmp_path}", "--h2o_export",
+                        f"--h2o_raw_dir={tmp_path / 'no_raw'}"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1].startswith(f"error: {missing}"), run.stderr[-3000:]
   assert not workdir.exists()
