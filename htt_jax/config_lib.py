@@ -4,6 +4,7 @@ Values are the reference's training defaults (reference.md §2.5) and the paper'
 files live outside the package (`configs/`), so the shared base lives here where they can import it.
 """
 
+import math
 import re
 
 import ml_collections
@@ -165,10 +166,33 @@ def _choice(config, key, allowed):
     raise ConfigError(f"config.{key}={value!r} is not one of {list(allowed)}")
 
 
-def _positive(config, key):
+def _is_number(value) -> bool:
+  """An int or a finite float. Not a bool (True would pass as 1), and not NaN or +-inf: NaN passes
+  every check written as `value <= 0` or `value < 0`, and both reach the compiled step (a NaN
+  loss, a learning rate that is NaN at the first decay) or fail in tracing with a traceback."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return False
+  return isinstance(value, int) or math.isfinite(value)  # isfinite(10**400) would overflow
+
+
+def check_number(config, key: str, low, high=None, bounds: str = "[]", note: str = "") -> None:
+  """ConfigError naming `key` unless its value is a finite number from `low` to `high` (None: no
+  upper bound); `bounds` says which ends are included, e.g. '[)' for [low, high), '(' for > low.
+  `note` follows the expected range in the message, e.g. ' (0: off)'."""
   value = _value(config, key)
-  if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-    raise ConfigError(f"config.{key}={value!r} must be a positive number")
+  ok = _is_number(value) and (value >= low if bounds[0] == "[" else value > low)
+  if ok and high is not None:
+    ok = value <= high if bounds[1] == "]" else value < high
+  if not ok:
+    expected = (f"in {bounds[0]}{low}, {high}{bounds[1]}" if high is not None
+                else f"a finite number {'>=' if bounds[0] == '[' else '>'} {low}")
+    raise ConfigError(f"config.{key}={value!r} must be {expected}{note}")
+
+
+def _positive(config, key, note: str = ""):
+  value = _value(config, key)
+  if not _is_number(value) or value <= 0:
+    raise ConfigError(f"config.{key}={value!r} must be a finite positive number{note}")
 
 
 def is_split_name(name) -> bool:
@@ -209,13 +233,31 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if from_step and not frozen:
     raise ConfigError(f"config.frozen_params_from_step={from_step} needs config.frozen_params "
                       "(which parameters to freeze)")
-  clip = config.get("grad_clip_norm", 0.0)
-  if not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0:
-    raise ConfigError(f"config.grad_clip_norm={clip!r} must be a number >= 0 (0: no clipping)")
-  if not 0.0 <= config.model.batch_norm_momentum < 1.0:
-    raise ConfigError(f"config.model.batch_norm_momentum={config.model.batch_norm_momentum} must "
-                     "be in [0, 1)")
-  for key in ("batch_size", "learning_rate", "log_every_steps", "checkpoint_every_steps",
+  # jax.random.key and tf.data's keys take an int64 (a larger seed was an OverflowError after the
+  # workdir's checkpoints folder was made), seed + 1 seeds the calibration batch's stream
+  # (train.py), and numpy's generators (the benchmark's inputs) refuse negative seeds.
+  seed = config.seed
+  if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63 - 1:
+    raise ConfigError(f"config.seed={seed!r} must be an integer in [0, 2**63 - 1) (an int64, "
+                      "with room for seed + 1)")
+  # The optimiser (steps.make_optimizer): Adam divides by 1 - b**step (0 at b = 1) and by
+  # sqrt(v) + eps (0/0 where a gradient is 0, at eps = 0). StepLR multiplies the rate by
+  # lr_decay_factor every lr_decay_epochs epochs: 0 epochs would decay at every step (the schedule
+  # takes at least one step), a factor > 1 grows the rate, one <= 0 stops or reverses training.
+  _positive(config, "learning_rate")
+  check_number(config, "adam_b1", 0, 1, "[)")
+  check_number(config, "adam_b2", 0, 1, "[)")
+  _positive(config, "adam_eps")
+  _positive(config, "lr_decay_epochs", note=" (StepLR's step, in epochs)")
+  check_number(config, "lr_decay_factor", 0, 1, "(]", note=" (1: no decay)")
+  if "grad_clip_norm" in config:
+    check_number(config, "grad_clip_norm", 0, note=" (0: no clipping)")
+  check_number(config, "model.batch_norm_momentum", 0, 1, "[)")
+  # Every loss term's weight: a negative one maximises its term, and NaN only showed as a NaN loss
+  # after compiling, in a message that did not name the key.
+  for key in sorted(k for k in config.loss if k.startswith("lambda_")):
+    check_number(config, f"loss.{key}", 0)
+  for key in ("batch_size", "log_every_steps", "checkpoint_every_steps",
               "model.num_frames", "model.window", "model.hidden_dim", "model.num_heads",
               "model.mlp_dim", "model.num_layers_pose", "model.num_layers_action",
               "model.num_joints", "model.num_objects", "model.num_actions", "dataset.spacing",
@@ -228,7 +270,8 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if not (eval_split == "" or is_split_name(eval_split)):
     raise ConfigError(f"config.eval_split={eval_split!r} must be a split name such as 'test' or "
                       "'val', or '' for no evaluation after training")
-  if config.num_train_steps != -1 and config.num_train_steps <= 0:
+  steps = config.num_train_steps
+  if steps != -1 and (not isinstance(steps, int) or isinstance(steps, bool) or steps <= 0):
     raise ConfigError(f"config.num_train_steps={config.num_train_steps} must be positive, or -1 "
                      "for num_epochs x steps per epoch")
   if config.num_train_steps == -1:
@@ -239,14 +282,6 @@ def validate_config(config, num_devices: int | None = None) -> None:
   for key in ("dataset.num_parallel_calls", "dataset.shuffle_buffer", "dataset.cycle_length"):
     check_integer_at_least(config, key, 1)
   check_integer_at_least(config, "dataset.prefetch", 0)
-  augment = config.dataset.augment
-  for key in ("brightness", "contrast", "saturation", "blur_radius", "center_jittering"):
-    value = augment[key]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-      raise ConfigError(f"config.dataset.augment.{key}={value!r} must be a number >= 0 (0: off)")
-  if not 0 <= augment.hue <= 0.5:
-    raise ConfigError(f"config.dataset.augment.hue={augment.hue!r} must be in [0, 0.5] (a "
-                      "fraction of the hue circle either way; 0: off)")
 
   m = config.model
   if m.num_frames % m.window:
@@ -262,6 +297,22 @@ def validate_config(config, num_devices: int | None = None) -> None:
   if len(size) != 2 or any(not isinstance(s, int) or s < BACKBONE_STRIDE for s in size):
     raise ConfigError(f"config.dataset.image_size={size} must be (H, W) with both at least "
                      f"{BACKBONE_STRIDE} px, the ResNet-18 backbone's total stride")
+
+  # The augmentation amounts (htt_jax/augment/params.py), after image_size, which bounds two of
+  # them. A colour factor is drawn from [max(0, 1 - a), 1 + a]: any a >= 0 is a factor.
+  for key in ("brightness", "contrast", "saturation"):
+    check_number(config, f"dataset.augment.{key}", 0, note=" (0: off)")
+  check_number(config, "dataset.augment.hue", 0, 0.5,
+               note=" (a fraction of the hue circle either way; 0: off)")
+  # The shift is trunc(c * width * U[-1, 1)) px per axis: past c = 1 a draw can move the whole
+  # image out of the frame (a black clip), and a large c overflows the int32 offset.
+  check_number(config, "dataset.augment.center_jittering", 0, 1,
+               note=" (a fraction of the image width; 0: off)")
+  # A radius in pixels: the blur's kernels have about 2 x radius + 1 taps (unrolled on the device
+  # path), past the image's longer side they only add copies of its edge pixels, and a huge radius
+  # overflowed in blur_kernels (a traceback while tracing).
+  check_number(config, "dataset.augment.blur_radius", 0, max(size),
+               note=" (pixels, at most the longer side of config.dataset.image_size; 0: off)")
 
   name = config.dataset.name
   if name in DATASET_HEADS:

@@ -260,11 +260,14 @@ def run_campaign(folder: str, trials: int, seed: int = 0, steps: int = 10, every
                  log=print) -> list:
   """Runs the reference and `trials` trials in `folder`; returns the Trials (see `table`)."""
   unknown = [m for m in moments if m not in MOMENTS]
-  if unknown or trials < 1 or every < 1 or steps <= every:
+  # numpy's default_rng (plan) refuses a negative seed, after the data would have been rendered.
+  bad_seed = not isinstance(seed, int) or isinstance(seed, bool) or seed < 0
+  if unknown or trials < 1 or bad_seed or every < 1 or steps <= every:
     from htt_jax import config_lib  # pylint: disable=g-import-not-at-top
     raise config_lib.ConfigError(
         f"fault campaign: moments {list(moments)} (each one of {', '.join(MOMENTS)}), trials "
-        f"{trials} (>= 1), steps {steps} and a checkpoint every {every} (steps > every >= 1)")
+        f"{trials} (>= 1), seed {seed!r} (an integer >= 0), steps {steps} and a checkpoint every "
+        f"{every} (steps > every >= 1)")
   os.makedirs(folder, exist_ok=True)
   if data_dir is None:
     data_dir = os.path.join(folder, "data")

@@ -35,7 +35,33 @@ def test_paper_settings():
     ("num_train_steps", 0, "config.num_train_steps=0"),
     ("lr_schedule", "linear", "config.lr_schedule='linear'"),
     ("lr_warmup_steps", -1, "config.lr_warmup_steps=-1"),
-    ("grad_clip_norm", -1.0, "config.grad_clip_norm=-1.0 must be a number >= 0"),
+    ("grad_clip_norm", -1.0, "config.grad_clip_norm=-1.0 must be a finite number >= 0"),
+    # NaN passes `< 0` and `<= 0`: each of these was accepted, and failed (or ran wrong) later.
+    ("grad_clip_norm", float("nan"), "config.grad_clip_norm=nan must be a finite number >= 0"),
+    ("learning_rate", float("nan"), "config.learning_rate=nan must be a finite positive number"),
+    ("learning_rate", float("inf"), "config.learning_rate=inf must be a finite positive number"),
+    ("learning_rate", 0.0, "config.learning_rate=0.0 must be a finite positive number"),
+    ("adam_b1", 1.5, "config.adam_b1=1.5 must be in [0, 1)"),
+    ("adam_b1", float("nan"), "config.adam_b1=nan must be in [0, 1)"),
+    ("adam_b2", 1.0, "config.adam_b2=1.0 must be in [0, 1)"),
+    ("adam_eps", -1.0, "config.adam_eps=-1.0 must be a finite positive number"),
+    ("adam_eps", 0.0, "config.adam_eps=0.0 must be a finite positive number"),
+    ("lr_decay_epochs", 0, "config.lr_decay_epochs=0 must be a finite positive number"),
+    ("lr_decay_epochs", -3, "config.lr_decay_epochs=-3 must be a finite positive number"),
+    ("lr_decay_factor", -1.0, "config.lr_decay_factor=-1.0 must be in (0, 1]"),
+    ("lr_decay_factor", 0.0, "config.lr_decay_factor=0.0 must be in (0, 1]"),
+    ("lr_decay_factor", 2.0, "config.lr_decay_factor=2.0 must be in (0, 1]"),
+    ("lr_decay_factor", float("nan"), "config.lr_decay_factor=nan must be in (0, 1]"),
+    ("loss.lambda_hand_z", float("nan"), "config.loss.lambda_hand_z=nan must be a finite number >= 0"),
+    ("loss.lambda_hand_2d", float("inf"), "config.loss.lambda_hand_2d=inf must be a finite number >= 0"),
+    ("loss.lambda_object", float("-inf"), "config.loss.lambda_object=-inf must be a finite number >= 0"),
+    ("loss.lambda_action", -1.0, "config.loss.lambda_action=-1.0 must be a finite number >= 0"),
+    ("model.batch_norm_momentum", float("nan"), "config.model.batch_norm_momentum=nan must be in [0, 1)"),
+    # jax.random.key takes an int64 (2**63 was an OverflowError after checkpoints/ was made), and
+    # seed + 1 seeds the calibration batch.
+    ("seed", 2**63, "config.seed=9223372036854775808 must be an integer in [0, 2**63 - 1)"),
+    ("seed", 2**63 - 1, "config.seed=9223372036854775807 must be an integer"),
+    ("seed", -1, "config.seed=-1 must be an integer in [0, 2**63 - 1)"),
     ("eval_split", "eval/test", "config.eval_split='eval/test' must be a split name"),
     ("tensorboard", None, "config.tensorboard=None must be True or False"),
     # Orbax would keep no checkpoint at all (0) or refuse with a traceback (< 0).
@@ -46,8 +72,19 @@ def test_paper_settings():
     ("dataset.shuffle_buffer", 0, "config.dataset.shuffle_buffer=0 must be an integer >= 1"),
     ("dataset.cycle_length", 0, "config.dataset.cycle_length=0 must be an integer >= 1"),
     ("dataset.num_parallel_calls", 0, "config.dataset.num_parallel_calls=0 must be an integer >= 1"),
-    ("dataset.augment.brightness", -2.0, "config.dataset.augment.brightness=-2.0 must be a number >= 0"),
+    ("dataset.augment.brightness", -2.0, "config.dataset.augment.brightness=-2.0 must be a finite number >= 0"),
+    ("dataset.augment.brightness", float("nan"), "config.dataset.augment.brightness=nan must be a finite number >= 0"),
+    ("dataset.augment.contrast", float("inf"), "config.dataset.augment.contrast=inf must be a finite number >= 0"),
+    ("dataset.augment.saturation", float("nan"), "config.dataset.augment.saturation=nan must be a finite number >= 0"),
     ("dataset.augment.hue", 0.7, "config.dataset.augment.hue=0.7 must be in [0, 0.5]"),
+    ("dataset.augment.hue", float("nan"), "config.dataset.augment.hue=nan must be in [0, 0.5]"),
+    ("dataset.augment.hue", None, "config.dataset.augment.hue=None must be in [0, 0.5]"),
+    # An infinite radius was an OverflowError while tracing; a huge finite one only adds taps.
+    ("dataset.augment.blur_radius", float("inf"), "config.dataset.augment.blur_radius=inf must be in [0, "),
+    ("dataset.augment.blur_radius", 1e200, "config.dataset.augment.blur_radius=1e+200 must be in [0, "),
+    ("dataset.augment.blur_radius", -0.5, "config.dataset.augment.blur_radius=-0.5 must be in [0, "),
+    ("dataset.augment.center_jittering", 1.5, "config.dataset.augment.center_jittering=1.5 must be in [0, 1]"),
+    ("dataset.augment.center_jittering", float("nan"), "config.dataset.augment.center_jittering=nan must be in [0, 1]"),
 ])
 def test_invalid_values_name_the_key(smoke_config, key, value, message):
   config = smoke_config.copy_and_resolve_references()
@@ -66,8 +103,49 @@ def test_epochs_must_be_positive_when_they_set_the_length(smoke_config):
   config.num_epochs = 0
   config_lib.validate_config(config)  # num_train_steps decides: the epochs are not used
   config.num_train_steps = -1
-  with pytest.raises(config_lib.ConfigError, match="config.num_epochs=0 must be a positive number"):
+  with pytest.raises(config_lib.ConfigError, match="config.num_epochs=0 must be a finite positive number"):
     config_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("adam_b1", 0.0), ("adam_b2", 0.999), ("adam_b2", 0.0), ("adam_eps", 1e-12),
+    ("lr_decay_factor", 1.0), ("lr_decay_epochs", 1), ("learning_rate", 1e-9),
+    ("grad_clip_norm", 0.0), ("grad_clip_norm", 1.0), ("model.batch_norm_momentum", 0.0),
+    ("loss.lambda_hand_2d", 0.0), ("loss.lambda_hand_z", 0.0), ("loss.lambda_object", 0.0),
+    ("loss.lambda_action", 0.0), ("dataset.augment.brightness", 0.0),
+    ("dataset.augment.brightness", 3.0), ("dataset.augment.hue", 0.5),
+    ("dataset.augment.center_jittering", 1.0), ("dataset.augment.blur_radius", 0.0),
+    ("dataset.augment.blur_radius", 2.5),
+    # Valid int64 keys for jax.random.key (and seed + 1 for the calibration batch).
+    ("seed", 0), ("seed", 2**63 - 2),
+])
+def test_edge_values_that_train_are_accepted(smoke_config, key, value):
+  config = smoke_config.copy_and_resolve_references()
+  *parents, leaf = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[leaf] = value
+  config_lib.validate_config(config)
+
+
+def test_the_blur_radius_is_at_most_the_longer_image_side(smoke_config):
+  config = smoke_config.copy_and_resolve_references()
+  config.dataset.augment.blur_radius = float(max(config.dataset.image_size))
+  config_lib.validate_config(config)
+  config.dataset.augment.blur_radius += 1
+  with pytest.raises(config_lib.ConfigError, match=r"config.dataset.augment.blur_radius=\S+ must be "
+                                                   r"in \[0, \d+\] \(pixels, at most the longer side "
+                                                   r"of config.dataset.image_size; 0: off\)"):
+    config_lib.validate_config(config)
+
+
+def test_fault_campaign_refuses_a_negative_seed_before_rendering_data(tmp_path):
+  from htt_jax import fault_campaign  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError, match=r"seed -1 \(an integer >= 0\)"):
+    fault_campaign.run_campaign(str(tmp_path / "w"), trials=1, seed=-1, steps=4, every=2,
+                                log=lambda _: None)
+  assert not (tmp_path / "w").exists()  # neither W nor W/data: numpy refused it after rendering
 
 
 @pytest.mark.parametrize("name, known", [("fpha", "runlocal"), ("h2o", "runlocal"),
