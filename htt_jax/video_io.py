@@ -3,9 +3,9 @@ or a folder of images), the camera of the input, the letterbox that fits a frame
 `dataset.image_size`, and the H.264 writer of overlay.mp4.
 
 Every check that can be made without decoding the whole input is made when the source is opened
-(missing path, not a video, no video stream, first frame undecodable, mixed sizes in a folder,
-frames smaller than the backbone's stride), so a bad input fails before anything is compiled.
-Errors are `config_lib.ConfigError` (or FileNotFoundError) naming the file. No JAX here.
+(missing path, an empty file, not a video, no video stream, first frame undecodable, mixed sizes
+in a folder, frames smaller than the backbone's stride), so a bad input fails before anything is
+compiled. Errors are `config_lib.ConfigError` (or FileNotFoundError) naming the file. No JAX here.
 
 A path may be a URL (gs://...): a video file is read through `storage.open_read`, which fetches
 blocks as FFmpeg reads and seeks, so a long video is never downloaded whole; a frame folder is
@@ -95,6 +95,10 @@ class AvSource(FrameSource):
   def __init__(self, path: str, fps: Optional[float]):
     import av  # pylint: disable=g-import-not-at-top
     self.path, self._av = path, av
+    # FFmpeg's probe of an empty file seeks before its start, which PyAV raises as a bare
+    # OSError (EINVAL) rather than an FFmpegError: a traceback, not a message naming the file.
+    if storage.size(path) == 0:
+      raise _error(path, "the file is empty (0 bytes), expected a video FFmpeg can decode")
     try:
       with storage.open_read(path) as file, av.open(file) as container:
         if not container.streams.video:

@@ -4,16 +4,21 @@
 Order: every check of the input (path, decodability, sizes, intrinsics) and of the checkpoint
 (its parameters against the config's model: checkpointing.check_variables) comes before anything
 is compiled; then the frames stream through `video.run_overlapped` (decode | model | collect and
-draw overlay.mp4); then the figures, predictions.npz and predictions.json are written, and
-overlay.mp4 is renamed into place last. Every file goes through `storage` (atomic), so
-`output_dir` may be a gs:// URL (overlay.mp4 is encoded to a local temporary file and uploaded
-once complete), and so may the video; if anything fails, the files this run wrote are removed,
-and `output_dir` too when this run created it, so a failure leaves nothing behind.
+draw overlay.mp4); then the figures are drawn into a hidden temporary folder, predictions.npz
+and predictions.json are written, the figures replace figures/ as a whole, and overlay.mp4 is
+renamed into place last. Every file goes through `storage` (atomic), so `output_dir` may be a
+gs:// URL (overlay.mp4 is encoded to a local temporary file and uploaded once complete), and so
+may the video. A rerun into the same `output_dir` leaves no output of the earlier run beside the
+new ones: an old figures/ (or overlay.mp4) that this run does not write is removed once the run
+has succeeded. If anything fails, the files this run wrote are removed, and so are the folders it
+created (`output_dir` and any missing parents), so a failure leaves nothing behind.
 """
 
 import contextlib
 import json
 import os
+import secrets
+import shutil
 from typing import Optional
 
 import numpy as np
@@ -46,24 +51,68 @@ def vocabulary(config, metadata: dict) -> dict:
   return {"actions": None, "objects": None}
 
 
+def _remove_output(path: str) -> None:
+  """Removes an output if it exists: a file (or an object), or a folder with all it holds (on a
+  URL a folder is only a prefix, gone with its objects)."""
+  if storage.is_url(path):
+    if storage.isdir(path):
+      for name in storage.listdir(path):
+        _remove_output(os.path.join(path, name))
+    elif storage.exists(path):
+      storage.remove(path)
+  elif os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path)
+  elif os.path.lexists(path):
+    os.remove(path)
+
+
 def _remove(path: str) -> None:
-  """Removes an output of this run, if it was written: a file (or an object), or the local
-  figures/ folder once emptied (on a URL a folder is only a prefix, gone with its objects)."""
-  with contextlib.suppress(Exception):  # each client raises its own types; removal is best-effort
-    if storage.is_url(path):
-      if storage.exists(path) and not storage.isdir(path):
-        storage.remove(path)
-    elif os.path.isdir(path):
-      os.rmdir(path)
-    else:
-      os.remove(path)
+  """Removes an output of this run after a failure: best-effort, the run's own error comes out."""
+  with contextlib.suppress(Exception):  # each client raises its own types
+    _remove_output(path)
+
+
+def _replace_folder(temporary: str, folder: str) -> None:
+  """Puts the complete folder `temporary` in the place of `folder`, whose earlier contents go as a
+  whole (a figure the earlier run drew and this one did not must not stay beside the new ones).
+  Locally two renames, the old folder moved aside first and put back if the second fails; on a
+  URL the earlier objects are removed, then the new ones renamed (storage.rename: copies)."""
+  if storage.is_url(folder):
+    _remove_output(folder)
+    storage.rename(temporary, folder)
+    return
+  old = None
+  if os.path.isdir(folder) and not os.path.islink(folder):
+    old = os.path.join(os.path.dirname(folder),
+                       f".{os.path.basename(folder)}.{secrets.token_hex(4)}.old")
+    os.rename(folder, old)
+  try:
+    os.rename(temporary, folder)
+  except BaseException:
+    if old is not None:
+      os.rename(old, folder)
+    raise
+  if old is not None:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _missing_folders(path: str) -> list:
+  """`path` and those of its parents that do not exist yet, deepest first: the local folders
+  that writing into `path` creates."""
+  missing, path = [], os.path.abspath(path)
+  while not os.path.lexists(path):
+    missing.append(path)
+    parent = os.path.dirname(path)
+    if parent == path:
+      break
+    path = parent
+  return missing
 
 
 def _figures(folder: str, collector: video.Collector, arrays: dict, names: dict, fps: float,
-             window: int, written: list) -> None:
+             window: int) -> None:
   actions = names["actions"] or [str(i) for i in range(len(arrays["video_action_probs"]))]
   path = os.path.join(folder, "timeline.png")
-  written.append(path)
   video_render.timeline(path, arrays["frame_index"], arrays["action_probs"],
                         arrays["video_action_probs"], actions, fps)
   for index in video.FIG7_CLIPS:
@@ -73,7 +122,6 @@ def _figures(folder: str, collector: video.Collector, arrays: dict, names: dict,
     probs = collector.clips[index]["action_probs"]
     best = int(np.argmax(probs))
     path = os.path.join(folder, f"fig7_clip{index}.png")
-    written.append(path)
     video_render.fig7(
         path, clip["thumbnails"], clip["frame_numbers"], collector.clips[index]["attention"],
         clip["not_padding"], f"clip {index}: frames {collector.clips[index]['first_frame']}-"
@@ -87,7 +135,6 @@ def _figures(folder: str, collector: video.Collector, arrays: dict, names: dict,
     shown = [frames[i] for i in video_render._spread(len(frames), video.FIG6_FRAMES)]  # pylint: disable=protected-access
     middle = frames[len(frames) // 2]
     path = os.path.join(folder, f"fig6_window{w}.png")
-    written.append(path)
     video_render.fig6(
         path, [clip["thumbnails"][j] for j in shown],
         [clip["joints2d"][j] * clip["scale"] for j in shown], clip["joints3d"][middle],
@@ -119,7 +166,9 @@ def prepare_input(config, video_path: str, intrinsics: Optional[str] = None,
   """(source, letterbox, network intrinsics (3, 3)): every check of the input, nothing decoded
   beyond the first frame (the folder's headers)."""
   source = video_io.open_source(video_path, fps)
-  camera = (video_io.parse_intrinsics(intrinsics) if intrinsics
+  # `is not None`: an empty --intrinsics= (an unset shell variable) is a malformed camera, not
+  # a request for the default one.
+  camera = (video_io.parse_intrinsics(intrinsics) if intrinsics is not None
             else video_io.default_intrinsics(config, source.size))
   letterbox = video_io.Letterbox(source.size, tuple(config.dataset.image_size))
   return source, letterbox, letterbox.intrinsics(camera)
@@ -149,9 +198,9 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
   batch_size = -(-config.eval_batch_size // spacing) * spacing  # whole blocks per batch
   timer = timer or video.Timer()
 
-  # A local folder is created by the write probe below, so whether this run created it is
-  # decided first; a URL has no folders to create or remove.
-  created = not storage.is_url(output_dir) and not os.path.isdir(output_dir)
+  # Local folders are created by the write probe below (the missing parents too), so which ones
+  # this run creates is decided first; a URL has no folders to create or remove.
+  created = [] if storage.is_url(output_dir) else _missing_folders(output_dir)
   written = []
   try:
     # A missing bucket or no permission to write: before anything is compiled.
@@ -175,22 +224,32 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
           writer.close()
       arrays = collector.arrays()
       summary = _summary(source, arrays, collector, names)
+      folder = os.path.join(output_dir, "figures")
       if figures:
-        folder = os.path.join(output_dir, "figures")
-        written.append(folder)
-        _figures(folder, collector, arrays, names, float(source.fps), config.model.window,
-                 written)
+        # Drawn aside and put in place as a whole below, so figures/ never mixes two runs.
+        temporary = os.path.join(output_dir, f".figures.{secrets.token_hex(4)}.tmp")
+        written.append(temporary)
+        _figures(temporary, collector, arrays, names, float(source.fps), config.model.window)
       for name, write in (("predictions.npz", lambda p: storage.save_npz(p, arrays)),
                           ("predictions.json", lambda p: storage.write_json(p, summary))):
         written.append(os.path.join(output_dir, name))
         write(written[-1])
+      if figures:
+        _replace_folder(temporary, folder)
+        written[written.index(temporary)] = folder
+      else:
+        _remove_output(folder)  # An earlier run's figures would read as this run's.
+      if not overlay:
+        _remove_output(os.path.join(output_dir, "overlay.mp4"))
       # Leaving the stack renames overlay.mp4 into place: the last file, once all the rest exist.
   except BaseException:
     for path in reversed(written):
       _remove(path)
-    if created:
-      with contextlib.suppress(OSError):
-        os.rmdir(output_dir)
+    for path in created:  # Deepest first; a folder something else has written into stays.
+      try:
+        os.rmdir(path)
+      except OSError:
+        break
     raise
   top = summary["top5"][0]
   logging.info("%s: %d frames, %d clips; video action %s (%.2f); outputs in %s", video_path,

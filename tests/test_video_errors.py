@@ -64,7 +64,7 @@ def test_errors_found_before_the_model(tiny, no_model, tmp_path):
   _fails(tiny, _folder(tmp_path / "small", [(24, 40)] * 3), out,
          r"small: frames are 40x24 \(WxH\), smaller than the backbone's stride of 32 px")
   video = _folder(tmp_path / "good", [(40, 64)] * 3)
-  for text in ("1,2,3", "a,b,c,d", "0,100,20,20", "100,100,nan,20"):
+  for text in ("", "1,2,3", "a,b,c,d", "0,100,20,20", "100,100,nan,20"):
     _fails(tiny, video, out, r"--intrinsics=.*expected four numbers fx,fy,cx,cy",
            intrinsics=text)
   for fps in (0.0, -30.0, float("nan"), 0.0001):  # 0.0001 would be written as a rate of 0
@@ -89,20 +89,27 @@ def test_checkpoint_whose_heads_do_not_match(tiny, no_model, tmp_path):
          setup=(other, None), checkpoint_dir=str(ckpt), variables=None)
 
 
-def test_corrupt_and_truncated_videos_fail_naming_the_frame(tiny, tmp_path):
+def _damaged_mp4s(folder):
+  """(data, packet ends) of a 40-frame mp4 written to `folder`/good.mp4, and bad.mp4: the same
+  with garbage after the 20th packet, which opens but fails part-way through decoding."""
   frames = moving_frames(40, 48, 64, noise=255)  # Noise: many bytes per frame, easy to cut.
-  write_mp4(tmp_path / "good.mp4", frames, faststart=True)
-  data = (tmp_path / "good.mp4").read_bytes()
-  with av.open(str(tmp_path / "good.mp4")) as container:
+  write_mp4(folder / "good.mp4", frames, faststart=True)
+  data = (folder / "good.mp4").read_bytes()
+  with av.open(str(folder / "good.mp4")) as container:
     ends = [p.pos + p.size for p in container.demux(container.streams.video[0]) if p.size]
+  middle = bytearray(data)
+  middle[ends[19]:ends[19] + 3000] = b"\xff" * 3000
+  (folder / "bad.mp4").write_bytes(bytes(middle))
+  return data, ends
+
+
+def test_corrupt_and_truncated_videos_fail_naming_the_frame(tiny, tmp_path):
+  data, ends = _damaged_mp4s(tmp_path)
   # Cut exactly after the 20th packet: FFmpeg decodes 20 frames and stops without an error.
   (tmp_path / "cut.mp4").write_bytes(data[:ends[19]])
   _fails(tiny, tmp_path / "cut.mp4", tmp_path / "out",
          r"cut\.mp4: the video is truncated: 20 frames decoded, the stream declares 40")
   # Garbage in the middle: decoding fails part-way.
-  middle = bytearray(data)
-  middle[ends[19]:ends[19] + 3000] = b"\xff" * 3000
-  (tmp_path / "bad.mp4").write_bytes(bytes(middle))
   _fails(tiny, tmp_path / "bad.mp4", tmp_path / "out",
          r"bad\.mp4: the video is corrupt or truncated: decoding failed at frame \d+")
   # An output folder that existed keeps what it held, and nothing else.
@@ -114,15 +121,75 @@ def test_corrupt_and_truncated_videos_fail_naming_the_frame(tiny, tmp_path):
   assert os.listdir(tmp_path / "kept") == ["mine.txt"]
 
 
-def test_script_prints_one_error_line(tmp_path):
+def test_a_failure_removes_the_parent_folders_it_created(tiny, tmp_path):
+  """--output_dir=a/n1/n2/n3 with only a/ there: a failure after the folders were made removes
+  n3, n2 and n1, and keeps a/ (and what it holds), which the run did not create."""
+  _damaged_mp4s(tmp_path)
+  existing = tmp_path / "a"
+  existing.mkdir()
+  (existing / "mine.txt").write_text("x")
+  with pytest.raises(config_lib.ConfigError, match=r"bad\.mp4: .*decoding failed at frame"):
+    video_predict.predict_video(tiny[0], None, str(tmp_path / "bad.mp4"),
+                                str(existing / "n1" / "n2" / "n3"), variables=tiny[1])
+  assert os.listdir(existing) == ["mine.txt"]
+
+
+def test_a_rerun_leaves_no_output_of_the_earlier_run(tiny, tmp_path):
+  """Into the same output folder: a 40-frame video (fig7_clip2.png among its figures), then a
+  single frame (no clip 2), then the same without figures or overlay: each time the folder holds
+  this run's outputs only, and no temporary."""
+  config, variables = tiny
+  spacing = config.dataset.spacing
+  predictor = inference.Predictor(config, variables,
+                                  batch_size=-(-config.eval_batch_size // spacing) * spacing)
+  run = lambda video, **kwargs: video_predict.predict_video(
+      config, None, str(video), str(out), variables=variables, predictor=predictor, **kwargs)
+  out = tmp_path / "out"
+  write_mp4(tmp_path / "long.mp4", moving_frames(40, 48, 64))
+  run(tmp_path / "long.mp4")
+  assert "fig7_clip2.png" in os.listdir(out / "figures")
+  single = _folder(tmp_path / "single", [(48, 64)])
+  summary = run(single)
+  assert len(summary["clips"]) == 1
+  assert sorted(os.listdir(out)) == [
+      "figures", "overlay.mp4", "predictions.json", "predictions.npz"]
+  assert sorted(os.listdir(out / "figures")) == [
+      "fig6_window0.png", "fig7_clip0.png", "timeline.png"]
+  run(single, figures=False, overlay=False)
+  assert sorted(os.listdir(out)) == ["predictions.json", "predictions.npz"]
+
+
+def _script(tmp_path, *flags):
+  """scripts/predict_video.py's exit status and stderr's last line; its output folder must not
+  exist afterwards."""
   run = subprocess.run(
       [sys.executable, "scripts/predict_video.py", "--config=configs/smoke.py",
-       f"--checkpoint_dir={tmp_path}", f"--video={tmp_path / 'missing.mov'}",
-       f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
-  assert run.returncode == 1
-  assert run.stderr.strip().splitlines()[-1] == (
-      f"error: {tmp_path / 'missing.mov'}: no such video file or frame folder")
+       f"--checkpoint_dir={tmp_path}", f"--output_dir={tmp_path / 'out'}", *flags],
+      capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert "Traceback" not in run.stderr, run.stderr[-3000:]
   assert not (tmp_path / "out").exists()
+  return run.returncode, run.stderr.strip().splitlines()[-1]
+
+
+def test_script_prints_one_error_line(tmp_path):
+  assert _script(tmp_path, f"--video={tmp_path / 'missing.mov'}") == (
+      1, f"error: {tmp_path / 'missing.mov'}: no such video file or frame folder")
+
+
+def test_script_names_an_empty_video_file(tmp_path):
+  """A zero-byte file: FFmpeg's probe fails with a bare OSError (EINVAL), not an FFmpegError."""
+  (tmp_path / "zero.mp4").write_bytes(b"")
+  assert _script(tmp_path, f"--video={tmp_path / 'zero.mp4'}") == (
+      1, f"error: {tmp_path / 'zero.mp4'}: the file is empty (0 bytes), expected a video FFmpeg "
+      "can decode")
+
+
+def test_script_refuses_an_empty_intrinsics_flag(tmp_path):
+  """--intrinsics= (an unset shell variable) is a malformed camera, not the default one."""
+  video = _folder(tmp_path / "good", [(40, 64)] * 3)
+  assert _script(tmp_path, f"--video={video}", "--intrinsics=") == (
+      1, "error: --intrinsics='': expected four numbers fx,fy,cx,cy in pixels of the input "
+      "(fx, fy > 0), e.g. --intrinsics=1395.7,1395.7,935.7,540.7")
 
 
 @pytest.mark.parametrize("stage", ["decode", "model", "render"])
