@@ -46,8 +46,9 @@ def save_variables(directory: str, variables, step: int = 0,
 
 def restore_variables(directory: str, step: Optional[int] = None,
                       config=None) -> tuple[Any, dict]:
-  """(variables, metadata) of `step` (default: the latest) in a checkpoint directory; given the
-  `config` they will run with, also `check_variables` (evaluation and prediction pass it)."""
+  """(variables, metadata) of `step` (default: the latest) in a checkpoint directory (metadata's
+  `step` is the step restored where the saved metadata has none); given the `config` they will run
+  with, also `check_variables` (evaluation and prediction pass it)."""
   if not storage.isdir(directory):
     if storage.exists(directory):
       raise NotADirectoryError(f"checkpoint directory {directory!r} is a file, not a folder")
@@ -81,6 +82,9 @@ def restore_variables(directory: str, step: Optional[int] = None,
     # Unclosed, the manager's threads and event loop print pages of tracebacks at exit.
     manager.close()
   variables, metadata = restored[VARIABLES], dict(restored[METADATA] or {})
+  # A converted checkpoint's metadata has the reference's epoch, not a step: the step restored
+  # is what evaluation reports as `checkpoint_step`.
+  metadata.setdefault("step", step)
   if config is not None:
     check_variables(variables, config, directory, metadata)
   return variables, metadata

@@ -40,7 +40,7 @@ def main(argv):
   top = summary["top5"][0]
   print(f"{summary['num_frames']} frames, {len(summary['clips'])} clips; video action: "
         f"{top['name']} ({top['probability']:.2f})\noutputs: {FLAGS.output_dir}/overlay.mp4, "
-        f"predictions.npz, predictions.json, figures/")
+        f"predictions.npz, predictions.json{', figures/' if FLAGS.figures else ''}")
 
 
 if __name__ == "__main__":

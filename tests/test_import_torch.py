@@ -351,6 +351,7 @@ def test_converter_script_end_to_end(smoke, tmp_path):
   restored, metadata = checkpointing.restore_variables(output)
   assert_trees_equal(restored, variables)
   assert metadata["epoch"] == 7 and metadata["format"] == "reference-pth"
+  assert metadata["step"] == 7  # the Orbax step restored: evaluation's checkpoint_step
   assert metadata["source"] == os.path.abspath(path)
   assert metadata["config"]["model"]["num_joints"] == 21
   assert sorted(os.listdir(output)) == ["7"]

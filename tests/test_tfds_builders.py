@@ -129,6 +129,19 @@ def test_synthetic_same_records_as_writer(tmp_path, monkeypatch):
   check_same_as_writer(builder, tmp_path / "prepared", synthetic.SPLITS)
 
 
+def test_synthetic_demo_config_is_the_data_of_make_demo():
+  """The builder's `demo` config renders what scripts/demo.py renders for configs/synthetic.py:
+  the same SyntheticConfig (every field), T, t, spacing and image size."""
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  demo = load_config("synthetic")
+  (tfds_demo,) = [c for c in synthetic_dataset_builder.Builder.BUILDER_CONFIGS if c.name == "demo"]
+  assert tfds_demo.source_config() == synthetic.from_fields(
+      demo.demo_data, image_size=tuple(demo.dataset.image_size))
+  assert (tfds_demo.num_frames, tfds_demo.window, tfds_demo.spacing,
+          tuple(tfds_demo.image_size)) == (demo.model.num_frames, demo.model.window,
+                                           demo.dataset.spacing, tuple(demo.dataset.image_size))
+
+
 def test_input_pipeline_reads_tfds_output(fpha_built, smoke_config):
   from htt_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   _, builder, prepared = fpha_built

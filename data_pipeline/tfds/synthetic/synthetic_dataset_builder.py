@@ -3,7 +3,8 @@
   python -m data_pipeline.tfds build data_pipeline/tfds/synthetic --data_dir=/data/tfds
 
 Nothing to download: videos are rendered from the seed. Config `demo` is the data of `make demo`
-(configs/synthetic.py, `demo_data`: seed 0, 96/16/32 videos, 56x96, T=16, t=8).
+(configs/synthetic.py, `demo_data`: seed 0, 96/16/32 videos of 24-32 frames, 56x96, T=16, t=8;
+tests/test_tfds_builders.py checks the two agree).
 """
 
 import dataclasses
@@ -39,7 +40,10 @@ class Builder(common.WindowedVideoBuilder):
   BUILDER_CONFIGS = [
       SyntheticWindowConfig(name="demo", num_frames=16, window=8, image_size=(56, 96),
                             source={"seed": 0, "num_videos": {"train": 96, "val": 16,
-                                                              "test": 32}}),
+                                                              "test": 32},
+                                    "num_subjects": {"train": 8, "val": 2, "test": 4},
+                                    "object_scale": 1.3, "scene_saturation": 0.35,
+                                    "frames": (24, 32)}),
   ]
   SPLIT_NAMES = synthetic.SPLITS
   DESCRIPTION = (
