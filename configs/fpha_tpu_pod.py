@@ -1,7 +1,10 @@
 """HTT on FPHA on a Cloud TPU pod slice, data and workdir in Cloud Storage (docs/launch.md).
 
-The paper's model and schedule (configs/fpha.py) in bfloat16, with a global batch of 4 clips per
-chip. For a v4-32 slice (4 hosts x 4 chips = 16 devices) that is 64 clips per step, 16 per host.
+The paper's model, learning rate and epochs (configs/fpha.py) in bfloat16, with a global batch of
+4 clips per chip. For a v4-32 slice (4 hosts x 4 chips = 16 devices) that is 64 clips per step, 16
+per host: 32x the paper's 2 clips, so 32x fewer Adam updates at the paper's rate of 3e-5. Whether
+to scale the rate (e.g. `--config.learning_rate`, with `--config.lr_schedule=warmup_cosine`) is
+the user's choice: no scaled run has been checked against the paper's accuracy (docs/launch.md).
 
   # Once, from any machine: shards and manifests into the bucket (at least one shard per host).
   python scripts/prepare_data.py --dataset=fpha --raw_dir=/data/fpha \
