@@ -26,7 +26,7 @@ EXPECTED_SECTIONS = (
     ["0", "1", "2", "3", "4", "5", "6"]
     + [f"1.{i}" for i in range(1, 10)] + [f"2.{i}" for i in range(1, 7)]
     + [f"3.{i}" for i in range(1, 8)] + [f"5.{i}" for i in range(1, 3)]
-    + [f"6.{i}" for i in range(1, 26)])
+    + [f"6.{i}" for i in range(1, 27)])
 
 _NUMBER = r"\d+(?:\.\d+)?"
 # `§3.7`, `§ 3.7`, `§3.4-3.5`, `§3.4–3.5`; "paper §2" cites the paper, not reference.md.
