@@ -110,7 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.num_parallel_calls = 4  # tf.data threads (also its private thread pool size).
   config.dataset.prefetch = 2  # Batches prepared ahead.
   config.dataset.shuffle_buffer = 64  # Clips (still JPEG-encoded) in the shuffle buffer.
-  config.dataset.cycle_length = 4  # Shards read at once.
+  # Shards read at once (up to all of them): shards hold whole videos in split order, so reading
+  # few at a time made the clips' order far less mixed than the reference's shuffled epoch
+  # (reference.md §6.26). Each open shard costs a read buffer (~256 kB).
+  config.dataset.cycle_length = 64
   # The reference's augmentation amounts (reference.md §3.7); 0 disables an op.
   # on_device: the reader only decodes and draws; blur, colour and the shift run in the training
   # step on the accelerator (htt_jax/augment/device.py, the same arithmetic; for fast GPUs/TPUs).

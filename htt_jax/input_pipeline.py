@@ -34,7 +34,7 @@ Training with augment.on_device: the images are not yet blurred, colour-jittered
 labels are already shifted), and the batch has the aug_* params of augment/device.py.
 
 Optional config.dataset keys (defaults here): shuffle_buffer (records, 64: each holds up to
-T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (4 shards read at once), threadpool_size
+T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (64: shards read at once, all of them where fewer), threadpool_size
 (num_parallel_calls), augment (a dict of augment.AugmentConfig fields, e.g. {'hue': 0}).
 """
 
@@ -221,7 +221,7 @@ def _train_dataset(config, files, manifest, index, count, seed, start_step, num_
   base = tf.constant([seed, stream], tf.int64)
   num_frames, window = config.model.num_frames, config.model.window  # At most t offsets a record.
   buffer = int(config.dataset.get("shuffle_buffer", 64))
-  cycle = min(len(files), int(config.dataset.get("cycle_length", 4)))
+  cycle = min(len(files), int(config.dataset.get("cycle_length", 64)))
   files_t = tf.constant(files)
 
   def tag(epoch, b, batch):

@@ -385,6 +385,20 @@ def test_consecutive_clips_come_from_different_records(data_dir):
   assert sum(a == b for a, b in zip(records, records[1:])) <= WIN - 1
 
 
+def test_an_epoch_reads_from_every_shard_at_once(tmp_path):
+  """Shards hold whole videos in split order: read a few at a time, the first clips of an epoch
+  would all be of the first videos read (reference.md §6.26). By default every shard (up to 64)
+  is read at once, so the first 10 clips of 10 one-video shards come from nearly 10 videos."""
+  write_split(tmp_path, lengths=(9,) * 10)
+  config = make_config(tmp_path, batch_size=1, **{"dataset.shuffle_buffer": 2})
+  first = [int(b["video_index"][0]) for b in take(config, 10, num_epochs=1)]
+  assert len(set(first)) >= 8, first
+  # Four shards at a time (the default before): the first 10 clips come from at most 6 videos.
+  config.dataset.cycle_length = 4
+  first = [int(b["video_index"][0]) for b in take(config, 10, num_epochs=1)]
+  assert len(set(first)) <= 6, first
+
+
 def test_training_without_augmentation_gives_the_stored_frames(data_dir):
   off = dict(brightness=0, contrast=0, saturation=0, hue=0, blur_radius=0, center_jittering=0)
   config = make_config(data_dir, **{"dataset.augment": off})
