@@ -34,8 +34,9 @@ Training with augment.on_device: the images are not yet blurred, colour-jittered
 labels are already shifted), and the batch has the aug_* params of augment/device.py.
 
 Optional config.dataset keys (defaults here): shuffle_buffer (records, 64: each holds up to
-T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (64: shards read at once, all of them where fewer), threadpool_size
-(num_parallel_calls), augment (a dict of augment.AugmentConfig fields, e.g. {'hue': 0}).
+T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (64: shards read at once, all
+of them where fewer), threadpool_size (num_parallel_calls), augment (a dict of
+augment.AugmentConfig fields, e.g. {'hue': 0}).
 """
 
 from typing import Any, Dict, Iterator, List, Optional
