@@ -5,9 +5,10 @@ docs/launch.md has the recipe and the input pipeline's sizing.
 The paper's model, learning rate and epochs (configs/fpha.py) in bfloat16 with 4 clips per GPU:
 on 2 nodes of 8 GPUs, 64 clips per step, 32x the paper's 2, so 32x fewer Adam updates at the
 paper's rate (docs/launch.md: scaling the rate is the user's choice, not checked here).
-`srun` starts one process per GPU; scripts/train.py sees SLURM_JOB_ID and starts jax.distributed from SLURM's variables (coordinator: the job's first node), and JAX
-gives each process the GPU numbered by its SLURM_LOCALID (so every task must see all of its
-node's GPUs: ask for --gpus-per-node, not --gpus-per-task, which would hide all but one).
+`srun` starts one process per GPU; scripts/train.py sees SLURM_JOB_ID and starts
+jax.distributed from SLURM's variables (coordinator: the job's first node), and JAX gives each
+process the GPU numbered by its SLURM_LOCALID (so every task must see all of its node's GPUs: ask
+for --gpus-per-node, not --gpus-per-task, which would hide all but one).
 
   #SBATCH --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 --cpus-per-task=8
   srun .venv/bin/python scripts/train.py --config=configs/fpha_gpu_slurm.py:nodes=2 \
