@@ -33,14 +33,12 @@ Scene (camera space: x right, y down, z forward, metres):
 """
 
 import dataclasses
-import os
 from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from data_pipeline.video import Video
-from htt_jax import storage
 
 SPLITS = ("train", "val", "test")
 _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
@@ -454,16 +452,3 @@ def iter_videos(config: SyntheticConfig, split: str) -> Iterator[Video]:
   for index in range(config.videos_in(split)):
     yield _video(config, split, index, _make_scene(config, split, index))
 
-
-def write_raw(config: SyntheticConfig, raw_dir: str) -> None:
-  """Writes every split as PNG frames + one annotations .npz per video (for inspection)."""
-  for split in SPLITS:
-    for video in iter_videos(config, split):
-      folder = os.path.join(raw_dir, video.video_id)
-      os.makedirs(folder, exist_ok=True)
-      for i in range(len(video)):
-        image = Image.fromarray(video.load_image(i))
-        storage.write_with(os.path.join(folder, f"{i:04d}.png"), lambda f: image.save(f, "PNG"))
-      storage.save_npz(os.path.join(folder, "annotations.npz"), {
-          "joints3d": video.joints3d, "joints2d": video.joints2d, "intrinsics": video.intrinsics,
-          "object": video.object, "action": video.action, "subject": video.subject})

@@ -82,7 +82,8 @@ def storage_windows(length: int, num_frames: int, window: int, spacing: int = 2)
 
 
 def window_clip(win: Window, offset: int, num_frames: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Positions (T,) and not_padding (T,) of the clip at `offset` of a window (as schema.cut_clip)."""
+  """Positions (T,) and not_padding (T,) of the clip at `offset` of a window: what schema.cut_clip
+  cuts from a stored record, in frame positions (the tests' oracle for it)."""
   n = len(win.positions)
   index = offset + np.arange(num_frames)
   return win.positions[np.minimum(index, n - 1)], (index < n).astype(np.float32)

@@ -3,7 +3,8 @@
 A checkpoint directory is an Orbax `CheckpointManager` directory, `D/<step>/` holding items:
   variables: {'params', 'batch_stats'} of the HTT model (all that inference needs);
   metadata:  JSON (config, code version, where the weights came from, ...);
-  train:     optimiser state and data/RNG position (written by training only).
+  train:     optimiser state and step (written by training only; the data position and every
+             random draw follow from the step and config.seed, so nothing else is stored).
 Evaluation and prediction restore `variables` alone, so a checkpoint converted from the reference's
 `.pth` (no optimiser state) and a training checkpoint are used the same way. Orbax writes each step
 to a temporary name and renames it when complete, so a half-written step never looks finished.

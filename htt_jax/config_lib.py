@@ -109,7 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.host_sharding = "files"  # 'files' | 'batch'.
   config.dataset.num_parallel_calls = 4  # tf.data threads (also its private thread pool size).
   config.dataset.prefetch = 2  # Batches prepared ahead.
-  config.dataset.shuffle_buffer = 64  # Clips (still JPEG-encoded) in the shuffle buffer.
+  # Records in the shuffle buffer: windows of up to T+t-1 frames, still JPEG-encoded.
+  config.dataset.shuffle_buffer = 64
   # Shards read at once (up to all of them): shards hold whole videos in split order, so reading
   # few at a time made the clips' order far less mixed than the reference's shuffled epoch
   # (reference.md §6.26). Each open shard costs a read buffer (~256 kB).

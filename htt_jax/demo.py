@@ -1,6 +1,6 @@
 """The demo on the embedded default (the job behind `make demo`): make the synthetic dataset,
 train HTT (which evaluates on the held-out synthetic subjects at the end), print the metrics
-table once."""
+table, render the predictions on a held-out video, and print the times and the CPU."""
 
 import dataclasses
 import json

@@ -413,12 +413,14 @@ def init_backbone_from_resnet(variables, path) -> dict:
 
   The input tree is not modified; the new backbone leaves are host numpy float32 arrays.
   """
-  resnet = load_resnet(path) if isinstance(path, (str, os.PathLike)) else path
+  from_file = isinstance(path, (str, os.PathLike))
+  resnet = load_resnet(path) if from_file else path
+  source = os.fspath(path) if from_file else "the ResNet-18 weights given"
   for collection in ("params", "batch_stats"):
     old = jax.tree_util.tree_map(np.shape, variables[collection]["backbone"])
     new = jax.tree_util.tree_map(np.shape, resnet[collection])
     if old != new:
-      raise ValueError(f"{path}: the model's backbone {collection} differ from a ResNet-18's")
+      raise ValueError(f"{source}: the model's backbone {collection} differ from a ResNet-18's")
   result = dict(variables)
   for collection in ("params", "batch_stats"):
     result[collection] = dict(variables[collection])

@@ -33,10 +33,10 @@ Evaluation adds valid (B,) float32 and video_id (B,) bytes (drop it before devic
 Training with augment.on_device: the images are not yet blurred, colour-jittered or shifted (the
 labels are already shifted), and the batch has the aug_* params of augment/device.py.
 
-Optional config.dataset keys (defaults here): shuffle_buffer (records, 64: each holds up to
-T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480), cycle_length (64: shards read at once, all
-of them where fewer), threadpool_size (num_parallel_calls), augment (a dict of
-augment.AugmentConfig fields, e.g. {'hue': 0}).
+The config.dataset keys of the reading itself (defaults in config_lib.base_config):
+shuffle_buffer (records: each holds up to T+t-1 encoded frames, ~(T+t-1) x 65 kB at 270x480),
+cycle_length (shards read at once, all of them where fewer), num_parallel_calls (tf.data's
+threads, also its private thread pool), prefetch, augment (augment.AugmentConfig's fields).
 """
 
 from typing import Any, Dict, Iterator, List, Optional
@@ -116,7 +116,7 @@ def _processes(process_index, process_count):
 
 def _options(config) -> tf.data.Options:
   """Deterministic, and bounded so the pipeline does not fight XLA for the host's cores."""
-  threads = int(config.dataset.get("threadpool_size", 0) or config.dataset.num_parallel_calls)
+  threads = int(config.dataset.num_parallel_calls)
   options = tf.data.Options()
   options.deterministic = True
   options.threading.private_threadpool_size = max(1, threads)

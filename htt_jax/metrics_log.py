@@ -76,14 +76,15 @@ def _kept(path: str, step: int):
   return text, end < len(data) or len(kept) < len(records)
 
 
-def repair(path: str, step: int) -> None:
+def repair(path: str, step: int) -> bytes:
   """Makes the file the log of steps 1..`step` (the step the run resumes from): a torn last line
   is cut and the lines of steps after `step` (logged before the kill but not checkpointed; the
   rerun logs them again) are dropped. The result is written atomically; a file that needs neither
-  is not touched."""
+  is not touched. Returns the file's content now."""
   text, changed = _kept(path, step)
   if changed:
     storage.write_bytes(path, text)
+  return text
 
 
 class Writer:
@@ -92,9 +93,7 @@ class Writer:
 
   def __init__(self, path: str, start_step: int):
     self.path = path
-    self._text, changed = _kept(path, start_step)
-    if changed:
-      storage.write_bytes(path, self._text)
+    self._text = repair(path, start_step)
 
   def write(self, step: int, metrics: dict) -> None:
     text = self._text + (json.dumps({"step": step, **metrics}) + "\n").encode()

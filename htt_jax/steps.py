@@ -1,8 +1,10 @@
 """Training state, the reference's optimiser and schedule, and the pure train and eval steps.
 
 `train_step(state, batch)` and `eval_step(state, batch)` are plain functions of arrays: the
-training loop compiles them with `jax.jit` over a mesh, or wraps them in `jax.pmap` with an
-`axis_name` (then gradients and metrics are summed over that axis; see `losses`).
+training loop compiles `train_step` with `jax.jit` over a mesh, or wraps it in `jax.pmap` with an
+`axis_name` (then gradients and metrics are summed over that axis; see `losses`). `eval_step`
+(outputs and loss terms of one batch, the same `forward`) is for a user's own loop: evaluation
+itself compiles `forward` alone through parallel.Forward.
 """
 
 import functools
@@ -165,9 +167,8 @@ def calibrate_batch_norm(state: TrainState, batch, *, config) -> TrainState:
   them fixed as the reference does, restores a working normalisation.
   """
   model = _model(state, config).clone(calibrate_batch_norm=True)
-  _, updates = model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                           batch["image"], batch["intrinsics"], batch["not_padding"],
-                           mutable=["batch_stats"])
+  _, updates = forward(model.apply, {"params": state.params, "batch_stats": state.batch_stats},
+                       batch, mutable=["batch_stats"])
   return state.replace(batch_stats=updates["batch_stats"])
 
 
@@ -198,10 +199,20 @@ def calibrate_pose_head(state: TrainState, batch, *, config) -> TrainState:
   return state.replace(params=dict(state.params, pose_mlp_2=head))
 
 
-def forward(apply_fn, variables, batch, return_attention=False):
+def forward(apply_fn, variables, batch, return_attention=False, mutable=False):
   """The model on a batch's MODEL_INPUTS: the one forward body of training, evaluation,
-  prediction and the benchmark (parallel.Forward compiles it for the last three)."""
-  return apply_fn(variables, *(batch[k] for k in MODEL_INPUTS), return_attention=return_attention)
+  prediction, the benchmark (parallel.Forward compiles it for the last three) and the BatchNorm
+  calibration.
+
+  `mutable=["batch_stats"]`: BatchNorm normalises with the batch's own statistics (Flax's
+  train=True) and the call returns (outputs, {"batch_stats": updated running statistics}), for
+  config.model.batch_norm='batch' and `calibrate_batch_norm`; otherwise only the outputs.
+  """
+  inputs = (batch[k] for k in MODEL_INPUTS)
+  if not mutable:
+    return apply_fn(variables, *inputs, return_attention=return_attention)
+  return apply_fn(variables, *inputs, return_attention=return_attention, train=True,
+                  mutable=mutable)
 
 
 def _model(state, config):
@@ -240,12 +251,11 @@ def train_step(state: TrainState, batch, *, config, learning_rate_fn=None, axis_
 
   def loss_fn(params):
     params = _stop_frozen(params, frozen)
+    variables = {"params": params, "batch_stats": state.batch_stats}
     if batch_statistics:
-      outputs, updates = model.apply(
-          {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-          batch["intrinsics"], batch["not_padding"], train=True, mutable=["batch_stats"])
+      outputs, updates = forward(model.apply, variables, batch, mutable=["batch_stats"])
     else:
-      outputs, updates = _forward(state, params, batch), {}
+      outputs, updates = forward(state.apply_fn, variables, batch), {}
     terms = losses_lib.losses_from_config(outputs, batch, config, axis_name=axis_name)
     return terms["loss/total"], (terms, updates)
 

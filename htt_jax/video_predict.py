@@ -26,8 +26,6 @@ from absl import logging
 
 from htt_jax import checkpointing, config_lib, storage, video, video_io, video_render
 
-OUTPUTS = ("predictions.npz", "predictions.json", "overlay.mp4", "figures")
-
 
 def vocabulary(config, metadata: dict) -> dict:
   """Action and object names: the checkpoint's, the prepared data's, the demo data's; else {}."""

@@ -8,7 +8,6 @@ pinky from MCP to tip; 42 joints are two such hands (left 0-20, right 21-41, H2O
 """
 
 import functools
-import os
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -196,11 +195,6 @@ def thumbnail(frame: np.ndarray, height: int = 120) -> tuple:
     return frame, 1.0
   size = (max(1, round(frame.shape[1] * scale)), max(1, round(frame.shape[0] * scale)))
   return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR)), scale
-
-
-def figure_names(output_dir: str) -> List[str]:
-  folder = os.path.join(output_dir, "figures")
-  return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
 def label(names: Optional[Sequence[str]], index: int) -> str:
