@@ -29,7 +29,7 @@ from typing import Iterable
 
 from absl import logging
 
-from htt_jax.benchmark import hardware  # no JAX: safe before JAX starts
+from htt_jax import machine  # no JAX: safe before JAX starts
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 OFF = f"{YNN_FLAG}="
@@ -143,7 +143,7 @@ def configure_malloc() -> bool:
   if own:
     logging.info("glibc malloc as the environment sets it (%s)", ", ".join(own))
     return False
-  cpus = hardware.available_cpus()
+  cpus = machine.available_cpus()
   if cpus > MALLOC_MAX_CPUS:
     return False
   try:

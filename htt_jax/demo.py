@@ -11,7 +11,7 @@ from typing import Optional
 from absl import logging
 
 from htt_jax import config_lib, storage, train
-from htt_jax.benchmark import hardware
+from htt_jax import machine
 
 
 # Beside the manifests: the SyntheticConfig the data was rendered with. The demo reuses data it
@@ -130,5 +130,5 @@ def run_demo(config, workdir: str, started: Optional[float] = None) -> dict:
   video_summary = demo_video.render_held_out_video(config, workdir)
   print(demo_video.describe(video_summary, os.path.join(workdir, "video")))
   phases.append(("held-out video", time.perf_counter() - mark))
-  print(timing_line(started, phases, hardware.cpu_summary()))
+  print(timing_line(started, phases, machine.cpu_summary()))
   return report

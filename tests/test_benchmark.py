@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, load_config
+from htt_jax import machine
 from htt_jax.benchmark import flops, hardware, runner, sweep
 
 REQUIRED = ("mode", "frames_per_second", "step_time_ms_median", "step_time_ms_p90",
@@ -88,43 +89,43 @@ def test_cpu_description_from_cpuinfo():
   avx512 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
             "model name\t: AMD EPYC 9B14\nflags\t\t: fpu sse4_2 avx avx2 avx512f avx512bw\n\n"
             "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
-  assert hardware.describe_cpu(avx512) == {"model": "AMD EPYC 9B14", "isa": "AVX-512",
+  assert machine.describe_cpu(avx512) == {"model": "AMD EPYC 9B14", "isa": "AVX-512",
                                            "generation": "Zen 4, family 25 model 17"}
   # Zen 3 (Milan, 0x01) and Zen 5 (Turin, family 0x1A) under the same bare cloud name.
   avx2 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
           "flags\t\t: fpu sse4_2 avx avx2 fma\n")
-  assert hardware.describe_cpu(avx2) == {"model": "AMD EPYC", "isa": "AVX2",
+  assert machine.describe_cpu(avx2) == {"model": "AMD EPYC", "isa": "AVX2",
                                          "generation": "Zen 3, family 25 model 1"}
   zen5 = avx2.replace("family\t: 25", "family\t: 26").replace("model\t\t: 1", "model\t\t: 2")
-  assert hardware.describe_cpu(zen5)["generation"] == "Zen 5, family 26 model 2"
+  assert machine.describe_cpu(zen5)["generation"] == "Zen 5, family 26 model 2"
   intel = "vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Xeon\n"
-  assert hardware.describe_cpu(intel)["generation"] == "family 6 model 143"  # numbers only
+  assert machine.describe_cpu(intel)["generation"] == "family 6 model 143"  # numbers only
   arm = "processor\t: 0\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
-  assert hardware.describe_cpu(arm) == {"model": None, "isa": None, "generation": None}
-  assert hardware.describe_cpu("") == {"model": None, "isa": None, "generation": None}
-  summary = hardware.cpu_summary()  # this machine's: model, isa, and the CPUs it may use
-  assert summary.endswith(f"{hardware.available_cpus()} CPU" +
-                          ("s" if hardware.available_cpus() != 1 else ""))
-  cpu = hardware.host_cpu()
+  assert machine.describe_cpu(arm) == {"model": None, "isa": None, "generation": None}
+  assert machine.describe_cpu("") == {"model": None, "isa": None, "generation": None}
+  summary = machine.cpu_summary()  # this machine's: model, isa, and the CPUs it may use
+  assert summary.endswith(f"{machine.available_cpus()} CPU" +
+                          ("s" if machine.available_cpus() != 1 else ""))
+  cpu = machine.host_cpu()
   assert (cpu["model"] or "unknown CPU") in summary and (cpu["isa"] or "") in summary
   assert (cpu["generation"] or "") in summary
 
 
 def test_cpu_summary_says_when_xla_code_is_held_to_a_narrower_isa(monkeypatch):
   """A timing with XLA_FLAGS=--xla_cpu_max_isa=AVX2 on an AVX-512 CPU is not the CPU's own."""
-  assert hardware.xla_isa_limit("") is None
-  assert hardware.xla_isa_limit("--xla_cpu_max_isa=") is None
-  assert hardware.xla_isa_limit("--xla_force_host_platform_device_count=2 "
+  assert machine.xla_isa_limit("") is None
+  assert machine.xla_isa_limit("--xla_cpu_max_isa=") is None
+  assert machine.xla_isa_limit("--xla_force_host_platform_device_count=2 "
                                 "--xla_cpu_max_isa=AVX2") == "AVX2"
-  assert hardware.xla_isa_limit("--xla_cpu_max_isa=AVX --xla_cpu_max_isa=SSE4_2") == "SSE4_2"
-  monkeypatch.setattr(hardware, "host_cpu", lambda: {"model": "AMD EPYC", "isa": "AVX-512",
+  assert machine.xla_isa_limit("--xla_cpu_max_isa=AVX --xla_cpu_max_isa=SSE4_2") == "SSE4_2"
+  monkeypatch.setattr(machine, "host_cpu", lambda: {"model": "AMD EPYC", "isa": "AVX-512",
                                                      "generation": "Zen 5, family 26 model 2"})
-  monkeypatch.setattr(hardware, "available_cpus", lambda: 2)
+  monkeypatch.setattr(machine, "available_cpus", lambda: 2)
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_max_isa=AVX2")
-  assert hardware.cpu_summary() == \
+  assert machine.cpu_summary() == \
       "AMD EPYC (Zen 5, family 26 model 2), AVX-512 (XLA code held to AVX2), 2 CPUs"
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=reduce")
-  assert hardware.cpu_summary() == "AMD EPYC (Zen 5, family 26 model 2), AVX-512, 2 CPUs"
+  assert machine.cpu_summary() == "AMD EPYC (Zen 5, family 26 model 2), AVX-512, 2 CPUs"
 
 
 def test_sweep_is_a_typed_cartesian_product():
@@ -201,7 +202,7 @@ def test_input_mode_from_the_command_line(data_dir, tmp_path):
   assert row["mode"] == "input" and row["timed_steps"] == 3 and row["frames_per_second"] > 0
   assert row["compile_time_s"] is None and row["flops_per_frame_xla"] is None
   assert "tensorflow" in row["versions"]
-  assert row["host_cpu"] == hardware.cpu_summary()  # which machine: AVX2 or AVX-512, how many CPUs
+  assert row["host_cpu"] == machine.cpu_summary()  # which machine: AVX2 or AVX-512, how many CPUs
   assert (tmp_path / "input.md").exists() and (tmp_path / "input.png").exists()
   assert f"({row['host_cpu']})" in (tmp_path / "input.md").read_text().splitlines()[0]
 

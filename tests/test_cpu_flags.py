@@ -201,7 +201,7 @@ def test_one_malloc_arena_keeps_xla_temporaries_from_being_faulted_in_at_every_c
 
 def test_malloc_is_left_alone_when_the_environment_or_the_machine_says_so(monkeypatch):
   monkeypatch.setattr(cpu_flags, "_malloc_configured", False)
-  monkeypatch.setattr(cpu_flags.hardware, "available_cpus", lambda: 2)
+  monkeypatch.setattr(cpu_flags.machine, "available_cpus", lambda: 2)
   for key in cpu_flags._USER_MALLOC_ENV + ("LD_PRELOAD", cpu_flags.MALLOC_ENV):
     monkeypatch.delenv(key, raising=False)  # conftest sets HTT_JAX_MALLOC=glibc for the session
   for key, value in (("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"), ("MALLOC_ARENA_MAX", "4"),
@@ -209,5 +209,5 @@ def test_malloc_is_left_alone_when_the_environment_or_the_machine_says_so(monkey
     with monkeypatch.context() as env:
       env.setenv(key, value)
       assert not cpu_flags.configure_malloc(), key
-  monkeypatch.setattr(cpu_flags.hardware, "available_cpus", lambda: cpu_flags.MALLOC_MAX_CPUS + 1)
+  monkeypatch.setattr(cpu_flags.machine, "available_cpus", lambda: cpu_flags.MALLOC_MAX_CPUS + 1)
   assert not cpu_flags.configure_malloc()  # many CPUs: one arena would serialise their mallocs

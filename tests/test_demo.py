@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, load_config
 from htt_jax import config_lib, demo
-from htt_jax.benchmark import hardware
+from htt_jax import machine
 
 # 2 steps of a narrow model on 8 short videos: the demo's path, not its accuracy.
 TINY = ["--config.num_train_steps=2", "--config.log_every_steps=1", "--config.model.num_frames=8",
@@ -49,7 +49,7 @@ def test_the_demo_script_end_to_end(tmp_path):
   total = 60 * int(match[1] or 0) + int(match[2])
   phases = [int(match[3]), int(match[4]), 60 * int(match[5] or 0) + int(match[6]), int(match[7])]
   assert total - 2 <= sum(phases) <= total + 2 and phases[2] > 0  # each rounded to the second
-  assert match[8] == hardware.cpu_summary()
+  assert match[8] == machine.cpu_summary()
 
 
 def test_timing_line_formats_minutes_and_names_the_machine():

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from typing import Any, Dict, Optional
 
-from htt_jax import config_lib
+from htt_jax import config_lib, machine
 from htt_jax.benchmark import flops as flops_lib
 from htt_jax.benchmark import hardware, timing
 
@@ -58,7 +58,7 @@ def spec(config, mode: str, num_devices: int) -> Dict[str, Any]:
     return {"mode": mode, "frames": config.batch_size * m.num_frames,
             "image_size": list(config.dataset.image_size), "dtype": config.dtype,
             "warmup_steps": config.warmup_steps, "timed_steps": config.timed_steps,
-            "threads": hardware.available_cpus(), "seed": config.seed}
+            "threads": machine.available_cpus(), "seed": config.seed}
   return {
       "mode": "eval" if mode == "eval" else "train",
       "batch_size": config.batch_size // num_devices,
@@ -72,7 +72,7 @@ def spec(config, mode: str, num_devices: int) -> Dict[str, Any]:
       "loss_normalization": config.loss_normalization, "learning_rate": config.learning_rate,
       "adam_b1": config.adam_b1, "adam_b2": config.adam_b2, "adam_eps": config.adam_eps,
       "warmup_steps": config.warmup_steps, "timed_steps": config.timed_steps,
-      "threads": hardware.available_cpus(), "seed": config.seed,
+      "threads": machine.available_cpus(), "seed": config.seed,
   }
 
 

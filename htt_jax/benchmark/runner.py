@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import jax
 from absl import logging
 
-from htt_jax import config_lib, storage
+from htt_jax import config_lib, machine, storage
 from htt_jax.benchmark import backbone, baseline, hardware, measure, report, sweep, video_mode
 
 MODES = measure.MODES + backbone.MODES + video_mode.MODES
@@ -57,10 +57,10 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
   if mode not in MODES:
     raise config_lib.ConfigError(f"--mode={mode!r} is not one of {list(MODES)}")
   baseline.check(config, mode)
-  cpu_threads = hardware.pin_cpus(config.cpu_threads)
+  cpu_threads = machine.pin_cpus(config.cpu_threads)
   settings = [(o, prepare(config, o, mode)) for o in sweep.settings(config.sweep)]
   # XLA_FLAGS as JAX read them: the YNNPACK fusions change CPU step times (cpu_flags.py).
-  common = {"cpu_threads": cpu_threads, "host_cpu": hardware.cpu_summary(),
+  common = {"cpu_threads": cpu_threads, "host_cpu": machine.cpu_summary(),
             "git_commit": hardware.git_commit(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(
