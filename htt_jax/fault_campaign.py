@@ -259,11 +259,16 @@ def run_campaign(folder: str, trials: int, seed: int = 0, steps: int = 10, every
                  moments: Sequence[str] = MOMENTS, data_dir: Optional[str] = None,
                  log=print) -> list:
   """Runs the reference and `trials` trials in `folder`; returns the Trials (see `table`)."""
+  from htt_jax import config_lib, storage  # pylint: disable=g-import-not-at-top
+  for name, path in (("--workdir", folder), ("data_dir", data_dir)):
+    # Each trial's files are inspected, compared and deleted on local disk (shutil, os).
+    if path and storage.is_url(path):
+      raise config_lib.ConfigError(f"fault campaign: {name}={path} must be a local folder (the "
+                                   "campaign kills and inspects runs on this machine)")
   unknown = [m for m in moments if m not in MOMENTS]
   # numpy's default_rng (plan) refuses a negative seed, after the data would have been rendered.
   bad_seed = not isinstance(seed, int) or isinstance(seed, bool) or seed < 0
   if unknown or trials < 1 or bad_seed or every < 1 or steps <= every:
-    from htt_jax import config_lib  # pylint: disable=g-import-not-at-top
     raise config_lib.ConfigError(
         f"fault campaign: moments {list(moments)} (each one of {', '.join(MOMENTS)}), trials "
         f"{trials} (>= 1), seed {seed!r} (an integer >= 0), steps {steps} and a checkpoint every "

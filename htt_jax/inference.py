@@ -1,4 +1,5 @@
-"""Prediction on clips: `Predictor` (Python) and the npz format of `scripts/predict.py`.
+"""Prediction on clips: `Predictor` (Python) and the npz format of `scripts/predict.py`
+(`load_clips`, `validate_clips`).
 
 Input arrays are per frame, N = (number of clips) x T, clip-major:
   images (N,H,W,3) uint8, or float32 already normalised as x/255 - 0.5; intrinsics (N,3,3) of those
@@ -10,7 +11,9 @@ Output: joints2d (N,J,2) px, depth (N,J) m, joints3d (N,J,3) m, object_probs (N,
   loss/action, loss/total over all the clips.
 """
 
+import io
 from typing import Iterable, Iterator, Mapping, Optional
+import zipfile
 
 import jax
 import numpy as np
@@ -19,6 +22,7 @@ from htt_jax import checkpointing
 from htt_jax import config_lib
 from htt_jax import losses as losses_lib
 from htt_jax import parallel
+from htt_jax import storage
 
 LABEL_KEYS = ("joints25d", "joints3d", "object", "action")
 OUTPUT_KEYS = ("joints2d", "depth", "joints3d", "object_probs")
@@ -26,6 +30,26 @@ OUTPUT_KEYS = ("joints2d", "depth", "joints3d", "object_probs")
 _KEEP = ("raw_pose",) + OUTPUT_KEYS + ("object_logits", "action_logits", "action_probs")
 # What `stream` returns: per-frame outputs and the attention maps of the paper's Figs. 6 and 7.
 STREAM_KEYS = OUTPUT_KEYS + ("action_probs", "pose_attention", "action_attention")
+
+
+def load_clips(path: str, name: Optional[str] = None) -> dict:
+  """The named arrays of an .npz of clips (np.savez; local or gs://), read whole. A missing,
+  empty or corrupt file, or an .npy (one unnamed array), is a ConfigError naming `name` (default:
+  the path), e.g. '--clips=clips.npz'."""
+  name = name or path
+  try:
+    loaded = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+      with loaded as data:
+        return {key: data[key] for key in data.files}
+  except FileNotFoundError as e:  # gcsfs's own text is its request path only
+    raise config_lib.ConfigError(f"cannot read {name}: no such file") from e
+  # EOFError: an empty file (numpy reads no magic bytes).
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    raise config_lib.ConfigError(f"cannot read {name}: {e}") from e
+  raise config_lib.ConfigError(
+      f"{name} holds one array of shape {np.shape(loaded)}, not an .npz of named arrays "
+      "(images, intrinsics, not_padding, ...): save them with np.savez")
 
 
 def validate_clips(clips: Mapping[str, np.ndarray], config, source: str = "input") -> dict:

@@ -37,6 +37,14 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = None
 
 
+def total_steps(config, steps_per_epoch: int) -> int:
+  """The run's length in optimiser steps: config.num_train_steps, or (when <= 0) num_epochs
+  epochs."""
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs) * steps_per_epoch
+
+
 def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """config.lr_schedule: 'step' (the reference's StepLR, reference.md §2.6) or 'warmup_cosine'.
 
@@ -46,8 +54,7 @@ def learning_rate_schedule(config, steps_per_epoch: int) -> optax.Schedule:
   to 0 at the last training step (num_train_steps, or num_epochs x steps per epoch).
   """
   if config.get("lr_schedule", "step") == "warmup_cosine":
-    total = (config.num_train_steps if config.num_train_steps > 0
-             else config.num_epochs * steps_per_epoch)
+    total = total_steps(config, steps_per_epoch)
     warmup = min(int(config.lr_warmup_steps), total - 1)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=config.learning_rate, warmup_steps=warmup,

@@ -66,10 +66,6 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def num_train_steps(config, steps_per_epoch: int) -> int:
-  return config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-
-
 def _check_finite(step: int, metrics: dict) -> None:
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
@@ -170,7 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if eval_split:  # A missing split should stop the run now, not after training.
     input_pipeline.load_manifest(config.dataset.data_dir, eval_split, config)
   steps_per_epoch = input_pipeline.steps_per_epoch(manifest, config.batch_size)
-  total_steps = num_train_steps(config, steps_per_epoch)
+  total_steps = steps.total_steps(config, steps_per_epoch)
   schedule = steps.learning_rate_schedule(config, steps_per_epoch)
   is_main = jax.process_index() == 0
   data = resume.data_identity(manifest)

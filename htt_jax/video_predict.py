@@ -233,8 +233,11 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
         written.append(os.path.join(output_dir, name))
         write(written[-1])
       if figures:
+        # On a URL the figures are copied into figures/ one object at a time: a failure midway
+        # leaves part of them, which the cleanup below must remove too.
+        written.append(folder)
         _replace_folder(temporary, folder)
-        written[written.index(temporary)] = folder
+        written.remove(temporary)
       else:
         _remove_output(folder)  # An earlier run's figures would read as this run's.
       if not overlay:

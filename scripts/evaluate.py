@@ -17,10 +17,10 @@ Storage"); --h2o_raw_dir is a local folder.
 import json
 import os
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from htt_jax import cli, config_lib, h2o_export
+from htt_jax import cli, config_lib, h2o_export, storage
 
 config_flags.DEFINE_config_file("config", None, "Config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir (checkpoints/ inside; eval/ written here).")
@@ -45,6 +45,10 @@ def main(argv):
   if not config_lib.is_split_name(FLAGS.split):
     raise config_lib.ConfigError(f"--split={FLAGS.split!r} must be a split name such as 'test' "
                                  "or 'val' (letters, digits, _)")
+  if FLAGS.h2o_raw_dir and storage.is_url(FLAGS.h2o_raw_dir):  # data_pipeline.h2o reads local files
+    raise app.UsageError(f"--h2o_raw_dir={FLAGS.h2o_raw_dir} must be a local folder (only its "
+                         "action_labels/action_<split>.txt is read: copy that file to local "
+                         "disk); --workdir may be a gs:// URL")
   if FLAGS.h2o_export:
     h2o_export.check_config(FLAGS.config, FLAGS.h2o_raw_dir, FLAGS.split)
   from htt_jax import cpu_flags  # pylint: disable=g-import-not-at-top

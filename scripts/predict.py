@@ -8,13 +8,10 @@ Any of the three paths may be a gs:// URL (docs/launch.md, "Cloud Storage").
 The input and output keys are described in htt_jax/inference.py and docs/evaluation.md.
 """
 
-import io
 import os
-import zipfile
 
 from absl import flags, logging
 from ml_collections import config_flags
-import numpy as np
 
 from htt_jax import cli, config_lib, cpu_flags, inference, storage
 
@@ -32,19 +29,7 @@ def main(argv):
   config = FLAGS.config
   config_lib.validate_config(config)
   cpu_flags.configure([config])  # before JAX starts
-  try:
-    loaded = np.load(io.BytesIO(storage.read_bytes(FLAGS.clips)), allow_pickle=False)
-    clips = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-      with loaded as data:
-        clips = {key: data[key] for key in data.files}
-  # EOFError: an empty file (numpy reads no magic bytes).
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-    raise config_lib.ConfigError(f"cannot read --clips={FLAGS.clips}: {e}") from e
-  if clips is None:  # np.save's .npy: one unnamed array
-    raise config_lib.ConfigError(
-        f"--clips={FLAGS.clips} holds one array of shape {np.shape(loaded)}, not an .npz of "
-        "named arrays (images, intrinsics, not_padding, ...): save them with np.savez")
+  clips = inference.load_clips(FLAGS.clips, f"--clips={FLAGS.clips}")
   # An output path that is a folder, or a folder or bucket the output cannot go to, stops the run
   # before anything is restored or compiled (a missing local folder is made when writing).
   if storage.isdir(FLAGS.output):

@@ -77,7 +77,8 @@ def test_predict_reports_a_missing_or_wrong_clips_file(tmp_path):
   common = ["--config=configs/smoke.py", f"--checkpoint_dir={tmp_path}",
             f"--output={tmp_path / 'out.npz'}"]
   missing = tmp_path / "missing.npz"
-  _assert_one_error_line(_script("predict", *common, f"--clips={missing}"), str(missing))
+  _assert_one_error_line(_script("predict", *common, f"--clips={missing}"), str(missing),
+                         "no such file")
   wrong = tmp_path / "wrong.npz"
   np.savez(wrong, images=np.zeros((32, 72, 128, 3), np.uint8))
   _assert_one_error_line(_script("predict", *common, f"--clips={wrong}"), str(wrong),

@@ -146,6 +146,15 @@ def test_fault_campaign_refuses_a_negative_seed_before_rendering_data(tmp_path):
     fault_campaign.run_campaign(str(tmp_path / "w"), trials=1, seed=-1, steps=4, every=2,
                                 log=lambda _: None)
   assert not (tmp_path / "w").exists()  # neither W nor W/data: numpy refused it after rendering
+  # A bucket: the campaign deletes and compares each trial's files on local disk; before, a
+  # gs:// workdir made a local folder 'gs:' and wrote a plan into the bucket, then failed.
+  with pytest.raises(config_lib.ConfigError, match=r"^fault campaign: --workdir=gs://b/w must be "
+                     "a local folder"):
+    fault_campaign.run_campaign("gs://b/w", trials=1, log=lambda _: None)
+  with pytest.raises(config_lib.ConfigError, match=r"^fault campaign: data_dir=gs://b/d must be "):
+    fault_campaign.run_campaign(str(tmp_path / "w"), trials=1, data_dir="gs://b/d",
+                                log=lambda _: None)
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("name, known", [("fpha", "runlocal"), ("h2o", "runlocal"),

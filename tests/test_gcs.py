@@ -1,6 +1,7 @@
 """Cloud Storage paths (gs://) against a local emulator started by the test
 (tests/gcs_emulator.py), and what TensorFlow itself writes on ram:// (its GCS client cannot reach
-an emulator: docs/launch.md, "Cloud Storage"). Nothing of the storage layer is mocked; objects are
+an emulator: docs/launch.md, "Cloud Storage"). Nothing of the storage layer is mocked (one test makes
+storage.rename fail midway, as a lost connection would); objects are
 checked through the emulator's JSON API directly, not through the code under test. Also the launch
 recipes' configs (configs/fpha_tpu_pod.py, configs/fpha_gpu_slurm.py).
 """
@@ -18,7 +19,7 @@ import pytest
 
 from conftest import ROOT, load_config, prepare_tiny_synthetic
 from gcs_emulator import gcs  # noqa: F401  (the fixture)
-from htt_jax import checkpointing, cli, input_pipeline, storage
+from htt_jax import checkpointing, cli, config_lib, input_pipeline, storage
 
 T = 8  # frames per clip of the tiny dataset (prepare_tiny_synthetic's default)
 
@@ -132,6 +133,11 @@ def test_missing_bucket_and_object_are_clear_errors(gcs, tmp_path, monkeypatch, 
   with pytest.raises(FileNotFoundError, match="checkpoint directory 'gs://htt-test/no-run' does "
                      "not exist"):
     checkpointing.restore_variables(gcs.url("no-run"))
+  # gcsfs's own message for a missing object is its request path only ('b/htt-test/o/nope.npz').
+  from htt_jax import inference  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^cannot read --clips=gs://htt-test/nope\.npz: no such file$"):
+    inference.load_clips(gcs.url("nope.npz"), f"--clips={gcs.url('nope.npz')}")
   # A shard listed in a manifest in the bucket but missing there.
   manifest = json.loads(storage.read_text(os.path.join(tiny_data, "test.manifest.json")))
   gcs.upload("partial/test.manifest.json", json.dumps(manifest).encode())
@@ -363,7 +369,6 @@ def test_jax_distributed_starts_on_a_cloud_tpu_vm_only(tmp_path):
 ])
 def test_launch_configs_size_the_global_batch(name, arg, devices, batch):
   """docs/launch.md's recipes: the global batch is hosts x devices per host x clips per device."""
-  from htt_jax import config_lib  # pylint: disable=g-import-not-at-top
   config = load_config(name, arg)
   config_lib.validate_config(config, num_devices=devices)
   assert config.batch_size == config.eval_batch_size == batch
@@ -449,3 +454,19 @@ def test_predict_video_reads_and_writes_the_bucket_like_local_paths(gcs, tmp_pat
     run(gcs.url("video", "in.mp4"), "gs://no-such-bucket/out")
   assert gcs.objects("out_nope") == []
   assert sorted(os.listdir(tmp_path)) == ["local"]  # nothing in a local folder named gs:
+
+  # figures/ is put in place object by object on a URL: a failure after the first copy (a lost
+  # connection, a preemption) must not leave part of figures/ (before, 1 of the figures stayed).
+  real_rename = storage.rename
+
+  def fails_midway(source, target):
+    first = sorted(storage.listdir(source))[0]
+    storage.write_bytes(os.path.join(target, first),
+                        storage.read_bytes(os.path.join(source, first)))
+    raise OSError(f"injected: copying {source} to {target} failed after {first}")
+
+  monkeypatch.setattr(storage, "rename", fails_midway)
+  with pytest.raises(OSError, match="injected"):
+    run(gcs.url("video", "in.mp4"), gcs.url("out_torn"))
+  monkeypatch.setattr(storage, "rename", real_rename)
+  assert gcs.objects("out_torn") == []

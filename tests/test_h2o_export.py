@@ -205,3 +205,14 @@ def test_export_needs_an_h2o_config_and_says_so_before_evaluating(tmp_path):
   assert run.returncode == 1, run.stderr[-3000:]
   assert run.stderr.strip().splitlines()[-1].startswith(f"error: {missing}"), run.stderr[-3000:]
   assert not workdir.exists()
+  # The raw folder is read with open(): a URL is refused by name (docs/launch.md), not reported as
+  # a missing split file.
+  run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"),
+                        "--config=configs/h2o.py", f"--workdir={workdir}", "--split=val",
+                        f"--config.dataset.data_dir={tmp_path}", "--h2o_export",
+                        "--h2o_raw_dir=gs://bucket/h2o"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert run.returncode == 1, run.stderr[-3000:]
+  assert run.stderr.strip().splitlines()[-1].startswith(
+      "error: --h2o_raw_dir=gs://bucket/h2o must be a local folder"), run.stderr[-3000:]
+  assert not workdir.exists()
