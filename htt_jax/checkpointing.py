@@ -171,6 +171,18 @@ def _reason(error: BaseException) -> str:
   return f"{type(error).__name__}: {text[:300]}"
 
 
+def _global_arrays(tree):
+  """With several processes Orbax saves only global arrays, and pmap's state (`out_axes=None`) is
+  host-local (this process's devices): such arrays, replicated, become global ones (Orbax's own
+  conversion, no copy). Unchanged with one process, and for jit's state (global already)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return tree
+  convert = ocp.utils.fully_replicated_host_local_array_to_global_array
+  return jax.tree.map(
+      lambda x: convert(x) if isinstance(x, jax.Array) and x.is_fully_addressable else x, tree)
+
+
 class TrainCheckpointer:
   """Training checkpoints of a workdir: async saves every N steps, keep-N, preemption-aware, and
   resume from the newest step that restores.
@@ -214,6 +226,7 @@ class TrainCheckpointer:
     # read as this step's.
     self._guard(self._in_flight, self.manager.wait_until_finished)
     self._in_flight = step
+    state = _global_arrays(state)
     self._guard(step, lambda: self.manager.save(step, args=ocp.args.Composite(**{
         VARIABLES: ocp.args.StandardSave({"params": state.params,
                                           "batch_stats": state.batch_stats}),

@@ -12,6 +12,7 @@ Both compute the same global loss and gradient, so they give the same numbers (t
 the benchmark's eval mode all run `steps.forward` through it.
 """
 
+import contextlib
 import functools
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -49,6 +50,19 @@ def global_batch(local_batch, mesh):
   sharding = data_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                       local_batch)
+
+
+def as_local(tree):
+  """Each array replicated over the devices of several processes (a checkpoint restored in a
+  multi-process run, `create_train_state`'s state) as its copy on this process's first device of
+  it: `device_put` cannot move an array that is not fully addressable onto this process's devices
+  alone (pmap's broadcast argument, a Predictor's local mesh); a replicated copy is the whole
+  value. Other leaves unchanged."""
+  def convert(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0)
+    return x
+  return jax.tree.map(convert, tree)
 
 
 def make_jit_train_step(config, mesh, learning_rate_fn=None, freeze: bool = True) -> Callable:
@@ -148,17 +162,23 @@ class Forward:
       return _clip_major(outputs, batch[steps.MODEL_INPUTS[0]].shape[0])
 
     if self.pmap:
-      self.step = jax.pmap(body, axis_name=DATA_AXIS, in_axes=(None, 0))
+      # This process's devices only: the forward pass has no collective, and a Predictor runs on
+      # one process while the others do not call it (pmap's default spans every process).
+      self.step = jax.pmap(body, axis_name=DATA_AXIS, in_axes=(None, 0),
+                           devices=self.local_devices)
     else:
       self.step = jax.jit(body, in_shardings=(replicated(self.mesh), data_sharded(self.mesh)),
                           out_shardings=data_sharded(self.mesh))
 
   def place(self, variables):
     """Variables where the step reads them (no copy if already there)."""
-    with jax.set_mesh(self.mesh):
+    if self.pmap or len(self.local_devices) == self.mesh.devices.size:  # this process's only
+      variables = as_local(variables)
+    if self.pmap:
       # pmap broadcasts its un-mapped argument from wherever it is, as the training loop's state.
-      return jax.device_put(variables, self.local_devices[0] if self.pmap
-                            else replicated(self.mesh))
+      return jax.device_put(variables, self.local_devices[0])
+    with jax.set_mesh(self.mesh):
+      return jax.device_put(variables, replicated(self.mesh))
 
   def to_device(self, batch):
     """`host_batch_size` clips of this process -> the step's input (model inputs only)."""
@@ -181,7 +201,8 @@ class Forward:
       raise ValueError("no clips to run the forward pass on")
     variables = self.place(variables)
     size, chunks = self.host_batch_size, []
-    with jax.set_mesh(self.mesh):
+    # No mesh around the pmap: its program spans this process's devices, not the mesh's.
+    with contextlib.nullcontext() if self.pmap else jax.set_mesh(self.mesh):
       for start in range(0, num_clips, size):
         inputs = {k: _pad(np.asarray(batch[k])[start:start + size], size)
                   for k in steps.MODEL_INPUTS}

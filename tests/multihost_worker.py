@@ -4,8 +4,10 @@
   python multihost_worker.py --mode=process --num_processes=2 --process_id=I --port=P \
       --data_dir=D --workdir=W --result=R.json [--files_steps=N]
 
-Each trains twice with `train.train_and_evaluate` (the real loop) and records, step by step, the
-clips it fed: `W/batch` with host_sharding='batch' for --steps steps, then `W/files` with
+Each trains with `train.train_and_evaluate` (the real loop) and records, step by step, the
+clips it fed: `W/batch` with host_sharding='batch' for --steps steps; in 'process' mode `W/pmap`,
+the same with config.parallelism='pmap', after which process 0 alone predicts 3 clips from its
+checkpoint with `inference.Predictor` under pmap and under jit; then `W/files` with
 host_sharding='files'.
 'process': one of N processes (jax.distributed over localhost, gloo CPU collectives), 2 CPU
   devices each; the 'files' run lasts --files_steps steps unless a SIGTERM stops it earlier.
@@ -58,6 +60,24 @@ def _recording(batches, seen):
     yield batch
 
 
+def _predict_both_ways(config, variables) -> float:
+  """Max |difference| of every output of 3 clips of the first batch, pmap against jit (variables
+  replicated over both processes' devices, as restored)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from htt_jax import inference, input_pipeline  # pylint: disable=g-import-not-at-top
+  batch = next(input_pipeline.eval_batches(config, "train", process_index=0, process_count=1))
+  frames = config.model.num_frames
+  clips = {k: np.asarray(batch[k][:3]).reshape((-1,) + batch[k].shape[2:])
+           for k in ("image", "intrinsics", "not_padding")}
+  clips["images"] = clips.pop("image")
+  outputs = {}
+  for parallelism in ("pmap", "jit"):
+    config.parallelism = parallelism
+    outputs[parallelism] = inference.Predictor(config, variables).predict(clips)
+  assert outputs["jit"]["joints3d"].shape[0] == 3 * frames
+  return max(float(np.abs(outputs["pmap"][k] - outputs["jit"][k]).max()) for k in outputs["jit"])
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--mode", choices=("reference", "process"), required=True)
@@ -98,12 +118,21 @@ def main():
       yield {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
   files_batches = two_process_files_batches if args.mode == "reference" else real_batches
-  result = {
-      "batch": run(smoke_config(args.data_dir, args.steps, "batch"),
-                   os.path.join(args.workdir, "batch"), real_batches),
-      "files": run(smoke_config(args.data_dir, args.files_steps, "files"),
-                   os.path.join(args.workdir, "files"), files_batches),
-  }
+  result = {"batch": run(smoke_config(args.data_dir, args.steps, "batch"),
+                         os.path.join(args.workdir, "batch"), real_batches)}
+  if args.mode == "process":  # Before 'files', which a SIGTERM stops.
+    config = smoke_config(args.data_dir, args.steps, "batch")
+    config.parallelism = "pmap"
+    result["pmap"] = run(config, os.path.join(args.workdir, "pmap"), real_batches)
+    # Every process restores (Orbax's restore is collective); prediction is local: process 1
+    # takes no part in it.
+    from htt_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    variables, _ = checkpointing.restore_variables(
+        os.path.join(args.workdir, "pmap", "checkpoints"), config=config)
+    if jax.process_index() == 0:
+      result["pmap"]["predictor_max_diff"] = _predict_both_ways(config, variables)
+  result["files"] = run(smoke_config(args.data_dir, args.files_steps, "files"),
+                        os.path.join(args.workdir, "files"), files_batches)
   with open(args.result, "w") as f:
     json.dump(result, f)
 

@@ -141,6 +141,32 @@ def test_batch_sharding_two_processes_match_one(reference, two_processes):
   assert (workdir / "eval" / "train" / "metrics.json").exists()
 
 
+def test_pmap_two_processes_match_one(reference, two_processes):
+  """config.parallelism='pmap' across two processes: the one-process jit run's losses, a
+  checkpoint that saves (pmap's state is host-local; before, Orbax refused it in a multi-process
+  run), its parameters, the evaluation after training, and a Predictor on process 0 alone."""
+  workdir = two_processes["workdir"] / "pmap"
+  log = read_metrics(workdir)
+  assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+  assert log[0]["num_processes"] == 2 and log[0]["num_devices"] == 4
+  p0, p1 = (r["pmap"]["clips"] for r in two_processes["results"])
+  assert [a + b for a, b in zip(p0, p1)] == reference["batch"]["clips"]
+  _assert_same_losses(log, read_metrics(reference["batch"]["workdir"]), STEPS)
+  _assert_close_params(str(workdir / "checkpoints"),
+                       os.path.join(reference["batch"]["workdir"], "checkpoints"), STEPS)
+  # The parameters differ by float rounding (above), so a joint may cross one PCK threshold: an
+  # AUC moves by a step of ~1.5e-5 then (seen: auc_ra, one step; MEPE by 1e-4 mm).
+  for result in two_processes["results"]:
+    report = result["pmap"]["last"]["eval"]
+    for key, value in reference["batch"]["last"]["eval"].items():
+      tolerance = dict(rel=0, abs=1e-4) if key.startswith("auc") else dict(rel=1e-4, abs=1e-3)
+      assert report[key] == (pytest.approx(value, **tolerance)
+                             if isinstance(value, float) else value), key
+  # Process 0 predicted 3 clips with pmap and with jit on its own devices: the same outputs.
+  assert two_processes["results"][0]["pmap"]["predictor_max_diff"] < 1e-5
+  assert "predictor_max_diff" not in two_processes["results"][1]["pmap"]
+
+
 def _video_shards(data_dir):
   """video index -> shard number (the writer puts consecutive videos in a shard)."""
   manifest = schema.load_manifest(data_dir, "train")
