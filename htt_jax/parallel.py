@@ -9,7 +9,9 @@ and pads the last one, for training (`make_train_step`) and for the forward pass
 Both compute the same global loss and gradient, so they give the same numbers (tested).
 
 `Forward` is the one compiled forward pass: evaluation (evaluate.py), `inference.Predictor` and
-the benchmark's eval mode all run `steps.forward` through it.
+the benchmark's eval mode all run `steps.forward` through it. Under pmap it maps over this
+process's devices only (no collective is needed, and a Predictor runs on one process alone).
+With several processes pmap's state is host-local: checkpointing saves it as global arrays.
 """
 
 import contextlib
