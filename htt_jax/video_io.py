@@ -16,6 +16,7 @@ import dataclasses
 import io
 import math
 import os
+import re
 from fractions import Fraction
 from typing import Iterator, Optional, Tuple
 
@@ -31,6 +32,22 @@ DEFAULT_FPS = 30
 
 def _error(path: str, message: str) -> config_lib.ConfigError:
   return config_lib.ConfigError(f"{path}: {message}")
+
+
+def _name_order(name: str):
+  """Name order that reads numbers as numbers: 1.png, 2.png, 10.png (as FFmpeg's `%d.png` writes
+  them) in that order; zero-padded names sort as before."""
+  return [(0, int(part), "") if part.isdigit() else (1, 0, part)
+          for part in re.split(r"(\d+)", name) if part]
+
+
+def _rgb(image: Image.Image) -> np.ndarray:
+  """A decoded frame as (H, W, 3) uint8. 16-bit greyscale (PNG 'I;16', 'I') is scaled to 8 bits:
+  Pillow's convert('RGB') clips it instead (a dark 16-bit frame came out nearly white)."""
+  if image.mode.startswith("I;16") or image.mode == "I":
+    grey = (np.asarray(image, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  return np.asarray(image.convert("RGB"))
 
 
 def _open_image(file: str) -> Image.Image:
@@ -54,11 +71,13 @@ class FrameSource:
 
 
 class FolderSource(FrameSource):
-  """png/jpg files of a folder in name order. Sizes come from the files' headers (no decoding)."""
+  """png/jpg files of a folder in name order (numbers read as numbers: 2.png before 10.png). Sizes
+  come from the files' headers (no decoding)."""
 
   def __init__(self, path: str, fps: Optional[float]):
     self.path = path
-    names = sorted(n for n in storage.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+    names = sorted((n for n in storage.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES)),
+                   key=_name_order)
     if not names:
       raise _error(path, f"the folder holds no frames (expected {'/'.join(IMAGE_SUFFIXES)} files)")
     self.files = [os.path.join(path, n) for n in names]
@@ -83,9 +102,21 @@ class FolderSource(FrameSource):
       try:
         with _open_image(file) as image:
           image.load()
-          yield np.asarray(image.convert("RGB"))
+          yield _rgb(image)
       except (OSError, SyntaxError, ValueError) as e:
         raise _error(file, f"cannot decode the frame ({type(e).__name__}: {e})") from None
+
+
+def _declared_end(container, stream) -> Optional[float]:
+  """When the video stream ends, in seconds, as the file declares it: the stream's own duration
+  (mp4's index, MPEG-TS), else the file's (Matroska's header) when the video is its only stream
+  (another stream, e.g. longer audio, would make the file's longer than the video); None if
+  neither says."""
+  if stream.duration and stream.time_base:
+    return float(((stream.start_time or 0) + stream.duration) * stream.time_base)
+  if container.duration and len(container.streams) == 1:
+    return ((container.start_time or 0) + container.duration) / 1e6
+  return None
 
 
 class AvSource(FrameSource):
@@ -108,16 +139,18 @@ class AvSource(FrameSource):
         first = next(iter(container.decode(stream)), None)
         rate = stream.average_rate or stream.guessed_rate
         declared = stream.frames
+        self._declared_end = _declared_end(container, stream)
     except av.error.FFmpegError as e:
       raise _error(path, f"not a video FFmpeg can decode ({type(e).__name__}: {e})") from None
     if first is None:
       raise _error(path, "the video has zero frames")
     self.size = (first.height, first.width)
     self.fps = Fraction(fps).limit_denominator(1001) if fps else Fraction(rate or DEFAULT_FPS)
+    self._frame_seconds = 1 / float(rate or self.fps)  # the stream's own, whatever --fps says
     self.declared_frames = int(declared) or None
 
   def __iter__(self):
-    av, count = self._av, 0
+    av, count, end = self._av, 0, None
     try:
       with storage.open_read(self.path) as file, av.open(file) as container:
         stream = container.streams.video[0]
@@ -125,15 +158,31 @@ class AvSource(FrameSource):
         # XLA's for the CPU and lowered the end-to-end rate (docs/benchmarks.md, video mode).
         stream.thread_type = "SLICE"
         for frame in container.decode(stream):
+          if (frame.height, frame.width) != self.size:
+            raise _error(self.path, f"the frame size changes at frame {count}: "
+                                    f"{frame.width}x{frame.height}, the video starts at "
+                                    f"{self.size[1]}x{self.size[0]} (WxH); every frame must have "
+                                    "the same size")
           # A copy: the array PyAV returns keeps FFmpeg's frame buffer alive, and with a few hundred
           # of them in flight beside XLA the process grew with the video's length (measured).
           yield np.array(frame.to_ndarray(format="rgb24"))
           count += 1
+          if frame.pts is not None and frame.time_base:
+            step = frame.duration or (self._frame_seconds / frame.time_base)
+            end = float((frame.pts + step) * frame.time_base)
     except av.error.FFmpegError as e:
       raise _error(self.path, f"the video is corrupt or truncated: decoding failed at frame "
                               f"{count} ({type(e).__name__}: {e})") from None
-    # FFmpeg stops without an error on an MP4 whose data ends early but whose index is complete.
-    if self.declared_frames and count < self.declared_frames:
+    # FFmpeg stops without an error on a file whose data ends early but whose index or header says
+    # how long it is. Compared in time, not frames: an mp4 trimmed by an edit list (a phone's or
+    # `ffmpeg -ss -c copy`'s cut) holds more samples than it shows, and Matroska counts none.
+    if end is not None and self._declared_end is not None:
+      if end < self._declared_end - self._frame_seconds:
+        declares = (f"the stream declares {self.declared_frames} frames, "
+                    if self.declared_frames else "")
+        raise _error(self.path, f"the video is truncated: {count} frames decoded, {declares}"
+                                f"{end:.2f} s of the {self._declared_end:.2f} s the file declares")
+    elif self.declared_frames and count < self.declared_frames:
       raise _error(self.path, f"the video is truncated: {count} frames decoded, the stream "
                               f"declares {self.declared_frames}")
 

@@ -223,3 +223,72 @@ def test_a_failing_stage_stops_the_others_and_raises_its_error(stage):
   video.run_overlapped(iter([{"i": 0}, {"i": 1}]), model if stage != "model" else (
       lambda inputs: ({"o": b["i"]} for b in inputs)), lambda b, o: seen.append(-1),
                        video.Timer())
+
+
+def _encode(container, size, frames, first_pts=0, rate=25):
+  """H.264 frames into an open PyAV output container, pts first_pts, first_pts + 1, ..."""
+  from fractions import Fraction  # pylint: disable=g-import-not-at-top
+  stream = container.add_stream("libx264", rate=rate)
+  stream.height, stream.width = size
+  stream.pix_fmt = "yuv420p"
+  for i, array in enumerate(frames):
+    frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+    frame.pts, frame.time_base = first_pts + i, Fraction(1, rate)
+    for packet in stream.encode(frame):
+      container.mux(packet)
+  for packet in stream.encode():
+    container.mux(packet)
+
+
+def _decoded(path):
+  from htt_jax import video_io  # pylint: disable=g-import-not-at-top
+  return list(video_io.open_source(str(path)))
+
+
+def test_what_ffmpeg_decodes_silently_is_judged_by_time_and_size(tmp_path):
+  """Cases FFmpeg decodes without an error (video_io.AvSource): a stream whose size changes
+  part-way, a trimmed mp4 (an edit list: more samples than frames shown; was refused as
+  truncated), a Matroska file cut short (it counts no frames; was accepted)."""
+  import io  # pylint: disable=g-import-not-at-top
+  # Two MPEG-TS parts of different sizes, one after the other (a stream that changes resolution).
+  parts = []
+  for size, first in (((48, 64), 0), ((64, 96), 12)):
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mpegts") as container:
+      _encode(container, size, moving_frames(12, *size), first_pts=first)
+    parts.append(buffer.getvalue())
+  (tmp_path / "sizes.ts").write_bytes(b"".join(parts))
+  with pytest.raises(config_lib.ConfigError, match=r"sizes\.ts: the frame size changes at frame "
+                     r"12: 96x64, the video starts at 64x48 \(WxH\)"):
+    _decoded(tmp_path / "sizes.ts")
+  # pts from -3: the muxer writes an edit list that hides the first 3 of 20 samples.
+  with av.open(str(tmp_path / "trimmed.mp4"), "w") as container:
+    _encode(container, (48, 64), moving_frames(20, 48, 64), first_pts=-3)
+  with av.open(str(tmp_path / "trimmed.mp4")) as container:
+    assert container.streams.video[0].frames == 20
+  assert len(_decoded(tmp_path / "trimmed.mp4")) == 17
+  # Matroska: 40 frames, the file cut at 60% of its bytes; its header still says 1.6 s.
+  with av.open(str(tmp_path / "full.mkv"), "w") as container:
+    _encode(container, (48, 64), moving_frames(40, 48, 64, noise=255))
+  assert len(_decoded(tmp_path / "full.mkv")) == 40
+  data = (tmp_path / "full.mkv").read_bytes()
+  (tmp_path / "cut.mkv").write_bytes(data[:int(len(data) * 0.6)])
+  with pytest.raises(config_lib.ConfigError, match=r"cut\.mkv: the video is truncated: \d+ frames "
+                     r"decoded, 0\.\d\d s of the 1\.60 s the file declares"):
+    _decoded(tmp_path / "cut.mkv")
+
+
+def test_frame_folders_numbered_without_zeros_and_16_bit_grey(tmp_path):
+  """1.png, 2.png, ..., 10.png (FFmpeg's %d.png) run in number order (were 1, 10, 11, 2, ...);
+  16-bit greyscale PNGs keep their values (Pillow's convert('RGB') clipped them to white)."""
+  frames = moving_frames(12, 40, 64)
+  (tmp_path / "numbered").mkdir()
+  for i, frame in enumerate(frames):
+    Image.fromarray(frame).save(tmp_path / "numbered" / f"{i + 1}.png")
+  np.testing.assert_array_equal(np.stack(_decoded(tmp_path / "numbered")), np.stack(frames))
+  (tmp_path / "grey16").mkdir()
+  grey = frames[0][..., 0]
+  Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16" / "000.png")
+  assert Image.open(tmp_path / "grey16" / "000.png").mode == "I;16"
+  (decoded,) = _decoded(tmp_path / "grey16")
+  np.testing.assert_array_equal(decoded, np.repeat(grey[..., None], 3, axis=-1))
