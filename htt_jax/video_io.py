@@ -144,7 +144,19 @@ class AvSource(FrameSource):
       raise _error(path, f"not a video FFmpeg can decode ({type(e).__name__}: {e})") from None
     if first is None:
       raise _error(path, "the video has zero frames")
-    self.size = (first.height, first.width)
+    self._stored = (first.height, first.width)
+    # A display matrix (a phone's portrait video is stored landscape) turns the frames as players
+    # show them: PyAV gives its angle counterclockwise (libavutil's av_display_rotation_get), and
+    # np.rot90 turns counterclockwise. The model sees, and the overlay shows, the upright frames.
+    rotation = int(getattr(first, "rotation", 0) or 0)
+    self._turns = (rotation // 90) % 4 if rotation % 90 == 0 else 0
+    if rotation % 90:
+      logging.warning("%s: a display rotation of %d degrees is not a multiple of 90; the frames "
+                      "are used as stored", path, rotation)
+    elif self._turns:
+      logging.info("%s: frames turned %d degrees counterclockwise, as its display matrix says",
+                   path, 90 * self._turns)
+    self.size = self._stored[::-1] if self._turns % 2 else self._stored
     self.fps = Fraction(fps).limit_denominator(1001) if fps else Fraction(rate or DEFAULT_FPS)
     self._frame_seconds = 1 / float(rate or self.fps)  # the stream's own, whatever --fps says
     self.declared_frames = int(declared) or None
@@ -158,14 +170,14 @@ class AvSource(FrameSource):
         # XLA's for the CPU and lowered the end-to-end rate (docs/benchmarks.md, video mode).
         stream.thread_type = "SLICE"
         for frame in container.decode(stream):
-          if (frame.height, frame.width) != self.size:
+          if (frame.height, frame.width) != self._stored:
             raise _error(self.path, f"the frame size changes at frame {count}: "
                                     f"{frame.width}x{frame.height}, the video starts at "
-                                    f"{self.size[1]}x{self.size[0]} (WxH); every frame must have "
-                                    "the same size")
+                                    f"{self._stored[1]}x{self._stored[0]} (WxH); every frame "
+                                    "must have the same size")
           # A copy: the array PyAV returns keeps FFmpeg's frame buffer alive, and with a few hundred
           # of them in flight beside XLA the process grew with the video's length (measured).
-          yield np.array(frame.to_ndarray(format="rgb24"))
+          yield np.array(np.rot90(frame.to_ndarray(format="rgb24"), self._turns), order="C")
           count += 1
           if frame.pts is not None and frame.time_base:
             step = frame.duration or (self._frame_seconds / frame.time_base)

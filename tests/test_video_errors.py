@@ -292,3 +292,31 @@ def test_frame_folders_numbered_without_zeros_and_16_bit_grey(tmp_path):
   assert Image.open(tmp_path / "grey16" / "000.png").mode == "I;16"
   (decoded,) = _decoded(tmp_path / "grey16")
   np.testing.assert_array_equal(decoded, np.repeat(grey[..., None], 3, axis=-1))
+
+
+@pytest.mark.parametrize("degrees", [90, -90])
+def test_a_display_rotation_turns_the_frames_upright(tmp_path, degrees):
+  """A phone's portrait video is stored landscape with a display matrix; FFmpeg's documentation
+  (av_display_rotation_get) gives its angle counterclockwise. The frames reach the model as a
+  player shows them: the stored frames (as PyAV decodes them, rotation not applied) turned by that
+  angle (np.rot90: counterclockwise), and the source's size is the upright one (was: frames as
+  stored, the overlay sideways)."""
+  from htt_jax import video_io  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "turned.mp4")
+  with av.open(path, "w") as container:
+    stream = container.add_stream("libx264", rate=25)
+    stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+    stream.set_display_rotation(degrees)
+    for frame in moving_frames(6, 48, 64):
+      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+  with av.open(path) as container:
+    stored = [f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])]
+  assert stored[0].shape == (48, 64, 3)
+  source = video_io.open_source(path)
+  assert source.size == (64, 48)
+  for a, b in zip(stored, source, strict=True):
+    np.testing.assert_array_equal(b, np.rot90(a, degrees // 90))
+    assert b.flags["C_CONTIGUOUS"]
