@@ -1,7 +1,9 @@
 """Run by test_parallel.py in a fresh process with 2 CPU devices: `parallel.Forward` under jit
 (1 and 2 devices, a batch size that needs rounding up) and pmap, and `inference.Predictor`, on 5
 clips (so the last compiled batch is padded), against one plain `model.apply` on all 5 clips.
-Prints the largest difference per output and setting as JSON."""
+Prints the largest difference per output and setting as JSON, and the frames/s of the benchmark's
+train and eval modes under pmap on both devices (its steps are compiled ahead of time, which take
+their broadcast arguments on every device: on devices[0] alone they failed)."""
 
 import os
 import sys
@@ -63,7 +65,14 @@ def main():
                                                else flat(reference[k])))))
       for k in inference.OUTPUT_KEYS + ("action_probs",)}
   scale = {k: float(np.max(np.abs(v))) for k, v in reference.items()}
-  print("RESULT " + json.dumps({"diffs": diffs, "scale": scale, "host_batch": host_batch}))
+  from htt_jax.benchmark import measure  # pylint: disable=g-import-not-at-top
+  bench = load_config("benchmark", "runlocal")
+  bench.model.hidden_dim, bench.model.num_heads, bench.model.mlp_dim = 64, 4, 128
+  bench.batch_size, bench.parallelism = 2, "pmap"
+  bench.warmup_steps, bench.timed_steps = 0, 1
+  benchmark = {mode: measure.measure(bench, mode)["frames_per_second"] for mode in ("train", "eval")}
+  print("RESULT " + json.dumps({"diffs": diffs, "scale": scale, "host_batch": host_batch,
+                                "benchmark_pmap2": benchmark}))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ REQUIRED = ("mode", "frames_per_second", "step_time_ms_median", "step_time_ms_p9
 
 
 def tiny_config(**overrides):
-  """configs/benchmark.py:runlocal (72x128, B=1, T=t=16, 1 + 2 steps) with narrow heads."""
+  """configs/benchmark.py:runlocal (72x128, B=1, T=t=16, 1 + 3 steps) with narrow heads."""
   config = load_config("benchmark", "runlocal")
   config.model.hidden_dim, config.model.num_heads, config.model.mlp_dim = 64, 4, 128
   config.dataset.shuffle_buffer = 4
@@ -249,7 +249,7 @@ def test_backbone_mode_times_forward_and_backward(tmp_path):
   with open(output) as f:
     assert json.load(f) == [json.loads(json.dumps(row))]
   assert row["mode"] == "backbone" and row["num_devices"] == 1 and row["device_kind"]
-  assert row["frames"] == 2 and row["timed_steps"] == 2 and row["compile_time_s"] > 0
+  assert row["frames"] == 2 and row["timed_steps"] == 3 and row["compile_time_s"] > 0
   # The step is forward + backward; the backward is what the forward leaves of it.
   assert row["step_time_ms_median"] == row["forward_backward_time_ms_median"]
   assert row["forward_backward_time_ms_median"] > row["forward_time_ms_median"] > 0
@@ -296,3 +296,22 @@ def test_script_modes_are_the_runners():
   with open(ROOT / "scripts" / "benchmark.py") as f:
     listed = re.search(r'DEFINE_enum\("mode", "train", \[([^\]]*)\]', f.read()).group(1)
   assert re.findall(r'"(\w+)"', listed) == list(runner.MODES)
+
+
+def test_the_baseline_is_compared_per_gpu_but_over_all_cpu_cores():
+  """A row of 2 devices at 100 frames/s in all against a baseline variant at 80 frames/s: each GPU
+  is its own device (the baseline got 1 of the 2 clips: 50 / 80); XLA's CPU devices share the
+  cores the baseline ran on (it got both clips: 100 / 80). Before, a CPU row was per device."""
+  from htt_jax.benchmark import baseline  # pylint: disable=g-import-not-at-top
+  config = tiny_config(batch_size=2)
+  result = {"device_kind": "x", "torch_version": "t", "threads": 2,
+            "variants": [{"variant": "eager_float32", "dtype": "float32",
+                          "frames_per_second": 80.0, "step_time_ms_median": 400.0}]}
+  for platform, compared, speedup in (("gpu", 2, 50 / 80), ("cpu", 1, 100 / 80)):
+    row = {"platform": platform, "num_devices": 2, "frames_per_second": 100.0,
+           "frames_per_second_per_device": 50.0}
+    assert baseline.compared_devices(row) == compared
+    assert baseline.spec(config, "train", compared)["batch_size"] == 2 // compared
+    baseline.attach(row, result, config, "train")
+    assert row["speedup_vs_baseline"] == pytest.approx(speedup)
+    assert row["baseline"]["batch_size"] == 2 // compared

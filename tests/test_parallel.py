@@ -64,6 +64,7 @@ def test_one_forward_jit_pmap_and_predictor_agree_on_2_cpu_devices():
   result = json.loads(run.stdout.split("RESULT ", 1)[1])
   # Per device, its share of the clips: 1 on one device; 1 (2 clips) or 2 (3 rounded up to 4) on 2.
   assert result["host_batch"] == {"jit1_b1": 1, "jit2_b2": 2, "jit2_b3": 4, "pmap2_b2": 2}
+  assert all(fps > 0 for fps in result["benchmark_pmap2"].values()), result["benchmark_pmap2"]
   for setting, diffs in result["diffs"].items():
     for key, diff in diffs.items():
       # Only the summation order may differ (a convolution over fewer clips per call).

@@ -3,7 +3,9 @@
 The baseline is the independent PyTorch model of the same network (`htt_jax/baselines/torch_htt.py`)
 on one device, with the same per-device work as our row: batch_size / num_devices clips of T frames
 at the same image size. Our row's `speedup_vs_baseline` is ours per device over the fastest
-baseline variant of the same dtype, i.e. against the strongest PyTorch setting we measured.
+baseline variant of the same dtype, i.e. against the strongest PyTorch setting we measured. On
+CPUs our devices share the cores, so the baseline takes the whole batch and our total is compared
+(`compared_devices`).
 The baseline has no rematerialisation; `model.remat` and `parallelism` do not change it, so one
 baseline measurement serves every row that differs only in those (a cache keyed by its spec).
 For the backbone modes (backbone.py) it is `torch_htt.ResNet18`, or that network's convolutions,
@@ -49,6 +51,14 @@ def check(config, mode: str = "train") -> None:
     raise config_lib.ConfigError(
         "config.baseline='torch' needs config.model.num_layers_pose == "
         "config.model.num_layers_action (the reference has one num_layers)")
+
+
+def compared_devices(row: Dict[str, Any]) -> int:
+  """Over how many of our devices the baseline's one device is compared: each GPU or TPU is one
+  (the baseline gets a device's share of the batch); CPU devices (XLA's forced host devices)
+  share the same cores, so there the baseline runs the whole batch on all of them, against our
+  total."""
+  return 1 if row.get("platform") == "cpu" else row["num_devices"]
 
 
 def spec(config, mode: str, num_devices: int) -> Dict[str, Any]:
@@ -111,7 +121,8 @@ def attach(row: Dict[str, Any], result: Dict[str, Any], config, mode: str) -> No
   if mode in BACKBONE_MODES:
     _attach_backbone(row, result)
     return
-  clips = config.batch_size // row["num_devices"]
+  compared = compared_devices(row)
+  clips = config.batch_size // compared
   flops_per_step = flops_lib.htt_flops_per_clip(config, train=mode != "eval") * clips
   variants = []
   for variant in result["variants"]:
@@ -126,7 +137,7 @@ def attach(row: Dict[str, Any], result: Dict[str, Any], config, mode: str) -> No
                      "batch_size": clips, "variants": variants}
   row["baseline_variant"] = best["variant"] if best else None
   row["baseline_frames_per_second"] = best["frames_per_second"] if best else None
-  row["speedup_vs_baseline"] = (row["frames_per_second_per_device"] / best["frames_per_second"]
+  row["speedup_vs_baseline"] = (row["frames_per_second"] / compared / best["frames_per_second"]
                                 if best else None)
 
 

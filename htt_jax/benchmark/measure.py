@@ -157,14 +157,17 @@ class _Program:
     state = initial_state(config)
     if train:
       self.fn, self._to_device = parallel.make_train_step(config, self.mesh)
-      # pmap takes the state un-replicated (it broadcasts it), as in the training loop.
-      placement = devices[0] if self.pmap else parallel.replicated(self.mesh)
+      # Replicated, as the training loop places it (create_train_state): the compiled pmap step
+      # (lowered ahead of time) takes its broadcast argument on every device, unlike a pmap call.
       with jax.set_mesh(self.mesh):
-        self.state = jax.device_put(state, placement)
+        self.state = jax.device_put(state, parallel.replicated(self.mesh))
     else:  # The forward pass reads parameters and statistics only.
       forward = parallel.Forward(config, self.mesh, batch_size=config.batch_size)
       self.fn, self._to_device = forward.step, forward.to_device
       self.state = forward.place({"params": state.params, "batch_stats": state.batch_stats})
+      if self.pmap:  # Compiled ahead, as above: on every device of the program.
+        self.state = jax.device_put(self.state, jax.sharding.NamedSharding(
+            parallel.create_mesh(forward.local_devices), jax.sharding.PartitionSpec()))
     self.compiled = None
     self.lower_s = self.compile_s = None
 

@@ -83,7 +83,7 @@ def run_benchmark(config, mode: str, output: Optional[str] = None) -> List[Dict[
     row.update(module.measure(setting, mode))
     result = None
     if setting.baseline == "torch" and mode in baseline.BASELINE_MODES:
-      result = baselines(setting, mode, row["num_devices"])
+      result = baselines(setting, mode, baseline.compared_devices(row))
       baseline.attach(row, result, setting, mode)
     else:
       row.update(baseline=None, baseline_variant=None, baseline_frames_per_second=None,
