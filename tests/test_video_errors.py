@@ -276,6 +276,15 @@ def test_what_ffmpeg_decodes_silently_is_judged_by_time_and_size(tmp_path):
   with pytest.raises(config_lib.ConfigError, match=r"cut\.mkv: the video is truncated: \d+ frames "
                      r"decoded, 0\.\d\d s of the 1\.60 s the file declares"):
     _decoded(tmp_path / "cut.mkv")
+  # A Matroska header and no frame (an interrupted recording): FFmpeg's EOFError when opened.
+  container = av.open(str(tmp_path / "empty.mkv"), "w", format="matroska")
+  stream = container.add_stream("libx264", rate=25)
+  stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+  container.start_encoding()
+  container.close()
+  with pytest.raises(config_lib.ConfigError, match=r"empty\.mkv: the video has zero frames \(the "
+                     r"file ends after its header\)$"):
+    _decoded(tmp_path / "empty.mkv")
 
 
 def test_frame_folders_numbered_without_zeros_and_16_bit_grey(tmp_path):
