@@ -59,12 +59,15 @@ def _open_image(file: str) -> Image.Image:
 
 class FrameSource:
   """A video's frames in order, decoded one at a time: `size` (H, W) and `fps` are known when the
-  source is opened; `declared_frames` is what the container says (None when it does not say)."""
+  source is opened; `declared_frames` is what the container says (None when it does not say).
+  `times`: each decoded frame's time in seconds from the first (appended as frames are decoded),
+  for a video whose frames say it; None for a frame folder, whose times are index / fps."""
 
   path: str
   size: Tuple[int, int]
   fps: Fraction
   declared_frames: Optional[int]
+  times: Optional[list] = None
 
   def __iter__(self) -> Iterator[np.ndarray]:
     raise NotImplementedError
@@ -160,11 +163,16 @@ class AvSource(FrameSource):
                    path, 90 * self._turns)
     self.size = self._stored[::-1] if self._turns % 2 else self._stored
     self.fps = Fraction(fps).limit_denominator(1001) if fps else Fraction(rate or DEFAULT_FPS)
+    # A variable frame rate (phones record one) is in the frames' times: the overlay keeps them.
+    # --fps replaces the video's rate, and its times with it.
+    self.times = None if fps else []
     self._frame_seconds = 1 / float(rate or self.fps)  # the stream's own, whatever --fps says
     self.declared_frames = int(declared) or None
 
   def __iter__(self):
-    av, count, end = self._av, 0, None
+    av, count, end, first_pts = self._av, 0, None, None
+    if self.times is not None:
+      self.times.clear()  # Filled again as this pass decodes (the list the writer holds).
     try:
       with storage.open_read(self.path) as file, av.open(file) as container:
         stream = container.streams.video[0]
@@ -179,7 +187,14 @@ class AvSource(FrameSource):
                                     "must have the same size")
           # A copy: the array PyAV returns keeps FFmpeg's frame buffer alive, and with a few hundred
           # of them in flight beside XLA the process grew with the video's length (measured).
-          yield np.array(np.rot90(frame.to_ndarray(format="rgb24"), self._turns), order="C")
+          array = np.array(np.rot90(frame.to_ndarray(format="rgb24"), self._turns), order="C")
+          if self.times is not None:
+            if frame.pts is None or not frame.time_base:  # A frame without a time: one frame on.
+              self.times.append(self.times[-1] + self._frame_seconds if self.times else 0.0)
+            else:
+              first_pts = frame.pts if first_pts is None else first_pts
+              self.times.append(float((frame.pts - first_pts) * frame.time_base))
+          yield array
           count += 1
           if frame.pts is not None and frame.time_base:
             step = frame.duration or (self._frame_seconds / frame.time_base)
@@ -315,12 +330,21 @@ class Letterbox:
 class OverlayWriter:
   """H.264 frames at the input's size and rate into `path` (a local mp4: the caller gives a
   temporary name from `storage.replacing`, which renames or uploads it when complete). 4:2:0 needs
-  even sizes; odd ones use 4:4:4."""
+  even sizes; odd ones use 4:4:4. With `times` (a source's `times`, read as frames are written:
+  frame n's time in seconds), each frame keeps its time, so a variable-rate video's overlay plays
+  in step with it; without, frame n is at n / fps."""
 
-  def __init__(self, path: str, size: Tuple[int, int], fps: Fraction):
+  TIME_BASE = Fraction(1, 90000)  # MPEG's clock: exact for 24, 25, 30 and 30000/1001 frames/s.
+
+  def __init__(self, path: str, size: Tuple[int, int], fps: Fraction,
+               times: Optional[list] = None):
     import av  # pylint: disable=g-import-not-at-top
     self.container = av.open(path, "w", format="mp4", options={"movflags": "faststart"})
     self.stream = self.container.add_stream("libx264", rate=fps)
+    self._times, self._count, self._last_pts = times, 0, -1
+    if times is not None:
+      self.stream.codec_context.time_base = self.TIME_BASE
+      self.stream.time_base = self.TIME_BASE
     self.stream.height, self.stream.width = size
     self.stream.pix_fmt = "yuv420p" if size[0] % 2 == 0 and size[1] % 2 == 0 else "yuv444p"
     # The fastest preset: the overlay only has to be watchable, and encoding shares the CPU with
@@ -330,6 +354,11 @@ class OverlayWriter:
 
   def write(self, frame: np.ndarray) -> None:
     picture = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    if self._times is not None:
+      # Strictly increasing, as the muxer needs, whatever the source's times are.
+      pts = max(round(self._times[self._count] / self.TIME_BASE), self._last_pts + 1)
+      picture.pts, picture.time_base, self._last_pts = pts, self.TIME_BASE, pts
+    self._count += 1
     for packet in self.stream.encode(picture):
       self.container.mux(packet)
 

@@ -211,7 +211,7 @@ def predict_video(config, checkpoint_dir: Optional[str], video_path: str, output
       if overlay:
         temporary = stack.enter_context(
             storage.replacing(os.path.join(output_dir, "overlay.mp4")))
-        writer = video_io.OverlayWriter(temporary, source.size, source.fps)
+        writer = video_io.OverlayWriter(temporary, source.size, source.fps, source.times)
       collector = video.Collector(letterbox, names, writer, t_clip, config.model.window)
       batches = video.iter_batches(video.iter_blocks(source, letterbox, t_clip, spacing),
                                    batch_size // spacing, camera)

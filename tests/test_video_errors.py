@@ -329,3 +329,39 @@ def test_a_display_rotation_turns_the_frames_upright(tmp_path, degrees):
   for a, b in zip(stored, source, strict=True):
     np.testing.assert_array_equal(b, np.rot90(a, degrees // 90))
     assert b.flags["C_CONTIGUOUS"]
+
+
+def test_a_variable_frame_rate_overlay_keeps_the_source_times(tiny, tmp_path):
+  """Phones record a variable frame rate: frames at irregular times (here 40 ms steps with two
+  pauses). overlay.mp4's frames keep the source's times (before, every frame was placed at
+  n / average rate: frame 6 at 0.24 s instead of 0.60 s); a constant-rate video's stay n / fps."""
+  from fractions import Fraction  # pylint: disable=g-import-not-at-top
+  times_ms = [0, 40, 80, 200, 240, 280, 600, 640, 680, 720, 760, 800]
+  path = tmp_path / "vfr.mp4"
+  with av.open(str(path), "w") as container:
+    stream = container.add_stream("libx264", rate=25)
+    stream.height, stream.width, stream.pix_fmt = 48, 64, "yuv420p"
+    stream.codec_context.time_base = Fraction(1, 1000)
+    for t, frame in zip(times_ms, moving_frames(len(times_ms), 48, 64)):
+      picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+      picture.pts, picture.time_base = t, Fraction(1, 1000)
+      for packet in stream.encode(picture):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+  def frame_times(video):
+    with av.open(str(video)) as container:
+      stream = container.streams.video[0]
+      return [float(f.pts * stream.time_base) for f in container.decode(stream)]
+
+  assert frame_times(path) == pytest.approx([t / 1000 for t in times_ms])
+  video_predict.predict_video(tiny[0], None, str(path), str(tmp_path / "out"), variables=tiny[1],
+                              figures=False)
+  assert frame_times(tmp_path / "out" / "overlay.mp4") == pytest.approx(
+      [t / 1000 for t in times_ms], abs=1e-4)
+  # --fps replaces the video's rate and so its times: frame n at n / fps.
+  video_predict.predict_video(tiny[0], None, str(path), str(tmp_path / "fixed"),
+                              variables=tiny[1], figures=False, fps=10)
+  assert frame_times(tmp_path / "fixed" / "overlay.mp4") == pytest.approx(
+      [n / 10 for n in range(len(times_ms))], abs=1e-4)
