@@ -143,7 +143,7 @@ class AvSource(FrameSource):
         rate = stream.average_rate or stream.guessed_rate
         declared = stream.frames
         self._declared_end = _declared_end(container, stream)
-    except av.error.EOFError:  # A header and nothing after it (Matroska of an interrupted recording)
+    except av.error.EOFError:  # A header, nothing after it (an interrupted Matroska recording)
       raise _error(path, "the video has zero frames (the file ends after its header)") from None
     except av.error.FFmpegError as e:
       raise _error(path, f"not a video FFmpeg can decode ({type(e).__name__}: {e})") from None

@@ -70,7 +70,8 @@ def main():
   bench.model.hidden_dim, bench.model.num_heads, bench.model.mlp_dim = 64, 4, 128
   bench.batch_size, bench.parallelism = 2, "pmap"
   bench.warmup_steps, bench.timed_steps = 0, 1
-  benchmark = {mode: measure.measure(bench, mode)["frames_per_second"] for mode in ("train", "eval")}
+  benchmark = {mode: measure.measure(bench, mode)["frames_per_second"]
+               for mode in ("train", "eval")}
   print("RESULT " + json.dumps({"diffs": diffs, "scale": scale, "host_batch": host_batch,
                                 "benchmark_pmap2": benchmark}))
 

@@ -1,9 +1,9 @@
 """Cloud Storage paths (gs://) against a local emulator started by the test
 (tests/gcs_emulator.py), and what TensorFlow itself writes on ram:// (its GCS client cannot reach
-an emulator: docs/launch.md, "Cloud Storage"). Nothing of the storage layer is mocked (one test makes
-storage.rename fail midway, as a lost connection would); objects are
-checked through the emulator's JSON API directly, not through the code under test. Also the launch
-recipes' configs (configs/fpha_tpu_pod.py, configs/fpha_gpu_slurm.py).
+an emulator: docs/launch.md, "Cloud Storage"). Nothing of the storage layer is mocked (one test
+makes storage.rename fail midway, as a lost connection would); objects are checked through the
+emulator's JSON API directly, not through the code under test. Also the launch recipes' configs
+(configs/fpha_tpu_pod.py, configs/fpha_gpu_slurm.py).
 """
 
 import functools
