@@ -117,16 +117,16 @@ def two_processes(data_dir, tmp_path_factory):
   return {"results": results, "workdir": workdir, "logs": logs}
 
 
-def test_batch_sharding_two_processes_match_one(reference, two_processes):
-  workdir = two_processes["workdir"] / "batch"
-  for p, result in enumerate(two_processes["results"]):
-    assert (result["batch"]["process_index"], result["batch"]["process_count"],
-            result["batch"]["local_device_count"]) == (p, 2, 2)
+def _assert_run_matches_one_process(reference, two_processes, run, eval_tolerance):
+  """Two processes' run `run` ('batch' or 'pmap', host_sharding='batch') against the one-process
+  'batch' run: the same clips, losses, parameters (to Adam's rounding) and evaluation report,
+  each float of which within `eval_tolerance(key)` (pytest.approx's keywords)."""
+  workdir = two_processes["workdir"] / run
   log = read_metrics(workdir)  # Written by process 0 only: one line per step.
   assert [r["step"] for r in log] == list(range(1, STEPS + 1))
   assert log[0]["num_processes"] == 2 and log[0]["num_devices"] == 4
   # Each process fed its rows of the global batch: together, the one-process run's clips.
-  p0, p1 = (r["batch"]["clips"] for r in two_processes["results"])
+  p0, p1 = (r[run]["clips"] for r in two_processes["results"])
   assert [a + b for a, b in zip(p0, p1)] == reference["batch"]["clips"]
   _assert_same_losses(log, read_metrics(reference["batch"]["workdir"]), STEPS)
   _assert_close_params(str(workdir / "checkpoints"),
@@ -134,34 +134,30 @@ def test_batch_sharding_two_processes_match_one(reference, two_processes):
   # The evaluation after training: every process gets the one-process report (each evaluates its
   # rows of every batch, then they gather), written once, to workdir/eval/train.
   for result in two_processes["results"]:
-    report = result["batch"]["last"]["eval"]
+    report = result[run]["last"]["eval"]
     for key, value in reference["batch"]["last"]["eval"].items():
-      assert report[key] == (pytest.approx(value, rel=1e-4, abs=1e-6)
+      assert report[key] == (pytest.approx(value, **eval_tolerance(key))
                              if isinstance(value, float) else value), key
   assert (workdir / "eval" / "train" / "metrics.json").exists()
+
+
+def test_batch_sharding_two_processes_match_one(reference, two_processes):
+  for p, result in enumerate(two_processes["results"]):
+    assert (result["batch"]["process_index"], result["batch"]["process_count"],
+            result["batch"]["local_device_count"]) == (p, 2, 2)
+  _assert_run_matches_one_process(reference, two_processes, "batch",
+                                  lambda key: dict(rel=1e-4, abs=1e-6))
 
 
 def test_pmap_two_processes_match_one(reference, two_processes):
   """config.parallelism='pmap' across two processes: the one-process jit run's losses, a
   checkpoint that saves (pmap's state is host-local; before, Orbax refused it in a multi-process
   run), its parameters, the evaluation after training, and a Predictor on process 0 alone."""
-  workdir = two_processes["workdir"] / "pmap"
-  log = read_metrics(workdir)
-  assert [r["step"] for r in log] == list(range(1, STEPS + 1))
-  assert log[0]["num_processes"] == 2 and log[0]["num_devices"] == 4
-  p0, p1 = (r["pmap"]["clips"] for r in two_processes["results"])
-  assert [a + b for a, b in zip(p0, p1)] == reference["batch"]["clips"]
-  _assert_same_losses(log, read_metrics(reference["batch"]["workdir"]), STEPS)
-  _assert_close_params(str(workdir / "checkpoints"),
-                       os.path.join(reference["batch"]["workdir"], "checkpoints"), STEPS)
-  # The parameters differ by float rounding (above), so a joint may cross one PCK threshold: an
-  # AUC moves by a step of ~1.5e-5 then (seen: auc_ra, one step; MEPE by 1e-4 mm).
-  for result in two_processes["results"]:
-    report = result["pmap"]["last"]["eval"]
-    for key, value in reference["batch"]["last"]["eval"].items():
-      tolerance = dict(rel=0, abs=1e-4) if key.startswith("auc") else dict(rel=1e-4, abs=1e-3)
-      assert report[key] == (pytest.approx(value, **tolerance)
-                             if isinstance(value, float) else value), key
+  # The parameters differ by float rounding, so a joint may cross one PCK threshold: an AUC moves
+  # by a step of ~1.5e-5 then (seen: auc_ra, one step; MEPE by 1e-4 mm).
+  _assert_run_matches_one_process(
+      reference, two_processes, "pmap",
+      lambda key: dict(rel=0, abs=1e-4) if key.startswith("auc") else dict(rel=1e-4, abs=1e-3))
   # Process 0 predicted 3 clips with pmap and with jit on its own devices: the same outputs.
   assert two_processes["results"][0]["pmap"]["predictor_max_diff"] < 1e-5
   assert "predictor_max_diff" not in two_processes["results"][1]["pmap"]
